@@ -1,0 +1,1 @@
+"""Algorithms that improve a simulated model: PTQ, QAT, compression, analysis."""
