@@ -151,8 +151,13 @@ class Elementwise:
 
     rule: Literal["fixed_point", "float32"]
     left_shift: int | None = None
+    rounding: Literal["double", "single"] | None = None  # fixed_point: MBQM build of the rescales
 
     def _check(self, path, error):
+        if self.rule == "fixed_point" and self.rounding is None:
+            _fail(error, f"{path}.rounding", "rule 'fixed_point' needs rounding 'double' or 'single'")
+        if self.rule == "float32" and self.rounding is not None:
+            _fail(error, f"{path}.rounding", "rule 'float32' takes no rounding (it rounds half to even)")
         if self.rule == "fixed_point" and (self.left_shift is None or not 0 <= self.left_shift <= 30):
             _fail(error, f"{path}.left_shift", f"rule 'fixed_point' needs left_shift in [0, 30], found {self.left_shift!r}")
         if self.rule == "float32" and self.left_shift is not None:
