@@ -114,6 +114,7 @@ class Accumulator:
     overflow: Literal["saturate", "wrap", "error"] = "saturate"
     pair_saturation_bits: Literal[0, 16] = 0
     pair_order: Literal["hwc", "chw"] = "hwc"
+    pair_saturation_depthwise: bool = False  # depthwise convs (1 in/1 out channel per group) saturate pairs too
 
 
 @dataclass(frozen=True)

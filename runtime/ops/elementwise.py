@@ -1,0 +1,149 @@
+"""Add, Mul (QDQ and QLinearAdd/QLinearMul), standalone Relu/Clip, and Concat."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..encoding import Encoding
+from ..fixedpoint import quantize_multiplier
+from ..kernels.elementwise import add_fixed_point, mul_fixed_point
+from ..plan import Planner, Val, planner_op
+from ..program import LayerStats, Step
+from .quantize_ops import requantize_step
+
+
+@dataclass
+class BinaryStep(Step):
+    kind: str = "Add"
+    rule: str = "fixed_point"
+    z1: int = 0
+    z2: int = 0
+    zo: int = 0
+    params: tuple = ()
+    lo: int = 0
+    hi: int = 0
+    qmin: int = 0
+    qmax: int = 0
+    single: bool = False
+    consts: tuple = (None, None)
+    out_dtype: np.dtype = None
+
+    def compute(self, *xs, stats: LayerStats):
+        it = iter(xs)
+        a = self.consts[0] if self.consts[0] is not None else next(it)
+        b = self.consts[1] if self.consts[1] is not None else next(it)
+        if self.rule == "fixed_point":
+            if self.kind == "Add":
+                y, sat = add_fixed_point(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi,
+                                         self.qmin, self.qmax, self.single)
+            else:
+                y, sat = mul_fixed_point(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi,
+                                         self.qmin, self.qmax, self.single)
+        else:
+            from ..kernels.elementwise_f32 import add_float32, mul_float32
+
+            fn = add_float32 if self.kind == "Add" else mul_float32
+            y, sat = fn(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi, self.qmin, self.qmax)
+        stats.saturation += sat
+        return (y.astype(self.out_dtype),)
+
+
+def binary_step(p: Planner, node, kind: str, v1: Val, e1: Encoding, v2: Val, e2: Encoding, out: str,
+                y: Encoding, lo: int, hi: int) -> BinaryStep:
+    for e in (e1, e2, y):
+        if not e.is_per_tensor:
+            raise p.refuse(node, f"{kind} needs per-tensor encodings on both inputs and the output")
+    t = p.target.arithmetic.elementwise
+    s1, s2, so = (np.float64(np.float32(e.scale)) for e in (e1, e2, y))
+    if t.rule == "fixed_point":
+        if kind == "Add":
+            tw = 2.0 * max(s1, s2)
+            m1, sh1 = quantize_multiplier(s1 / tw)
+            m2, sh2 = quantize_multiplier(s2 / tw)
+            mo, sho = quantize_multiplier(tw / ((1 << t.left_shift) * so))
+            params = (t.left_shift, m1, sh1, m2, sh2, mo, sho)
+        else:
+            m, sh = quantize_multiplier(s1 * s2 / so)
+            params = (m, sh)
+    else:
+        from ..kernels.elementwise_f32 import float32_params
+
+        params = float32_params(kind, np.float32(e1.scale), np.float32(e2.scale), np.float32(y.scale))
+    consts = tuple(v.const if v.kind in ("qconst", "const") else None for v in (v1, v2))
+    inputs = tuple(v.name for v in (v1, v2) if v.kind not in ("qconst", "const"))
+    return BinaryStep(node.name, kind, inputs, (out,), kind=kind, rule=t.rule, z1=int(e1.zero_point),
+                      z2=int(e2.zero_point), zo=int(y.zero_point), params=params, lo=lo, hi=hi, qmin=y.qmin,
+                      qmax=y.qmax, single=(t.rounding == "single"), consts=consts, out_dtype=y.dtype.numpy_dtype)
+
+
+@planner_op("Add", "Mul")
+def plan_binary(p: Planner, node):
+    a = p.int_input(node, 0, "A")
+    b = p.int_input(node, 1, "B")
+    out, y, acts = p.fused_output(node)
+    lo, hi = p.activation_bounds(acts, y)
+    p.emit(binary_step(p, node, node.op_type, a, a.enc, b, b.enc, out, y, lo, hi))
+    p.set(out, Val("int", out, y))
+
+
+@planner_op("QLinearAdd", "QLinearMul", domain="com.microsoft")
+def plan_qlinear_binary(p: Planner, node):
+    from .mac import _enc
+
+    a = p.raw_int(node, 0, "A")
+    b = p.raw_int(node, 3, "B")
+    ea, eb, y = _enc(p, node, 1, 2, "A"), _enc(p, node, 4, 5, "B"), _enc(p, node, 6, 7, "C")
+    out = node.outputs[0]
+    if a.kind == "const":
+        a = Val("qconst", a.name, ea, const=a.const)
+    if b.kind == "const":
+        b = Val("qconst", b.name, eb, const=b.const)
+    kind = node.op_type.replace("QLinear", "")
+    p.emit(binary_step(p, node, kind, a, ea, b, eb, out, y, y.qmin, y.qmax))
+    p.set(out, Val("int", out, y))
+
+
+@planner_op("Relu", "Clip")
+def plan_activation(p: Planner, node):
+    """A Relu/Clip that is not fused behind a MAC op: requantize to the following Q with a clamp."""
+    x = p.int_input(node, 0, "input")
+    out, y, acts = p.fused_output(node)
+    lo, hi = p.activation_bounds([node] + acts, y)
+    if not x.enc.is_per_tensor:
+        raise p.refuse(node, "input must be quantized per tensor")
+    p.emit(requantize_step(p, node.name, x.name, x.enc, y, out, lo, hi))
+    p.set(out, Val("int", out, y))
+
+
+@dataclass
+class ConcatStep(Step):
+    axis: int = 0
+    requants: tuple = ()  # per input: None (same encoding) or a RequantizeStep
+
+    def compute(self, *xs, stats: LayerStats):
+        parts = []
+        for x, rq in zip(xs, self.requants):
+            parts.append(x if rq is None else rq.compute(x, stats=stats)[0])
+        return (np.concatenate(parts, axis=self.axis),)
+
+
+@planner_op("Concat")
+def plan_concat(p: Planner, node):
+    vals = [p.int_input(node, i, f"input {i}") for i in range(len(node.inputs))]
+    if any(v.kind == "qconst" for v in vals):
+        raise p.refuse(node, "concatenating constants with run-time tensors is not supported")
+    encs = [v.enc for v in vals]
+    axis = int(node.attr("axis"))
+    if all(e == encs[0] for e in encs):
+        out = node.outputs[0]
+        p.emit(ConcatStep(node.name, "Concat", tuple(v.name for v in vals), (out,), axis=axis,
+                          requants=(None,) * len(vals)))
+        p.set(out, Val("dq", out, encs[0]))
+        return
+    out, y, acts = p.fused_output(node)
+    lo, hi = p.activation_bounds(acts, y)
+    rqs = tuple(None if e == y and lo == y.qmin and hi == y.qmax else
+                requantize_step(p, f"{node.name}:in{i}", v.name, e, y, out, lo, hi) for i, (v, e) in enumerate(zip(vals, encs)))
+    p.emit(ConcatStep(node.name, "Concat", tuple(v.name for v in vals), (out,), axis=axis, requants=rqs))
+    p.set(out, Val("int", out, y))
