@@ -217,6 +217,25 @@ class Planner:
             self.fused.add(n.name)
         return q.outputs[0], enc, acts
 
+    MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+    def downstream_encoding(self, node: Node) -> Encoding | None:
+        """The encoding of the QuantizeLinear reached from ``node``'s output through a chain of
+        single-consumer data-movement ops (which commute with requantization), or None."""
+        out = node.outputs[0]
+        while True:
+            users = self.consumers.get(out, [])
+            if len(users) != 1 or any(o.name == out for o in self.graph.outputs):
+                return None
+            (u,) = users
+            if u.op_type == "QuantizeLinear":
+                enc = self.encoding_from(u, self.const(u, 1, "scale"), self.const(u, 2, "zero point"),
+                                         u.attr("output_dtype"), u.attr("axis"), u.attr("block_size", 0))
+                return enc if enc.is_per_tensor else None
+            if u.op_type not in self.MOVEMENT or u.domain:
+                return None
+            out = u.outputs[0]
+
     def activation_bounds(self, acts: list[Node], enc: Encoding) -> tuple[int, int]:
         """Integer clamp bounds of fused Relu/Clip nodes on the output grid (target rounding)."""
         from .quantize import quantize

@@ -141,9 +141,17 @@ def plan_concat(p: Planner, node):
                           requants=(None,) * len(vals)))
         p.set(out, Val("dq", out, encs[0]))
         return
-    out, y, acts = p.fused_output(node)
-    lo, hi = p.activation_bounds(acts, y)
+    down = p.downstream_encoding(node)
+    if down is not None and not any(u.op_type == "QuantizeLinear" for u in p.consumers.get(node.outputs[0], [])):
+        # Concat -> Reshape/Transpose... -> Q (e.g. a channel shuffle): requantize the inputs to that
+        # encoding here; the movement ops keep it and the QuantizeLinear becomes an alias.
+        out, y, lo, hi = node.outputs[0], down, down.qmin, down.qmax
+        kind = "dq"
+    else:
+        out, y, acts = p.fused_output(node)
+        lo, hi = p.activation_bounds(acts, y)
+        kind = "int"
     rqs = tuple(None if e == y and lo == y.qmin and hi == y.qmax else
                 requantize_step(p, f"{node.name}:in{i}", v.name, e, y, out, lo, hi) for i, (v, e) in enumerate(zip(vals, encs)))
     p.emit(ConcatStep(node.name, "Concat", tuple(v.name for v in vals), (out,), axis=axis, requants=rqs))
-    p.set(out, Val("int", out, y))
+    p.set(out, Val(kind, out, y))

@@ -50,6 +50,8 @@ class MeanStep(Step):
     m: int = 0
     e: int = 0
     rounding: str = "double"
+    axes: tuple | None = None  # None: every axis after N, C
+    keepdims: bool = True
     lo: int = 0
     hi: int = 0
     qmin: int = 0
@@ -57,12 +59,13 @@ class MeanStep(Step):
     out_dtype: np.dtype = None
 
     def compute(self, x, stats: LayerStats):
-        axes = tuple(range(2, x.ndim))
+        axes = tuple(range(2, x.ndim)) if self.axes is None else tuple(a % x.ndim for a in self.axes)
         n = int(np.prod([x.shape[a] for a in axes]))
         m, e = _fold_count(self.m, self.e, n)
         s = np.asarray(reduce_sum_acc(x, axes), np.int64)
-        s = s.reshape(s.shape + (1,) * (x.ndim - s.ndim)) if s.ndim < x.ndim else s
         v = np.asarray(multiply_by_quantized_multiplier(s - self.x_zp * n, m, e, self.rounding), np.int64) + self.zo
+        if not self.keepdims:
+            v = np.squeeze(v, axis=axes)
         stats.saturation += int(np.count_nonzero((v < self.qmin) | (v > self.qmax)))
         return (np.clip(v, self.lo, self.hi).astype(self.out_dtype),)
 
@@ -122,4 +125,55 @@ def plan_qlinear_avgpool(p: Planner, node):
     xe, y = _enc(p, node, 1, 2, "x"), _enc(p, node, 3, 4, "y")
     out = node.outputs[0]
     _plan_avg(p, node, x, xe, out, y, y.qmin, y.qmax, node.op_type == "QLinearGlobalAveragePool")
+    p.set(out, Val("int", out, y))
+
+
+@dataclass
+class MeanF32Step(Step):
+    """Float32-requantizing targets (ONNX Runtime runs ReduceMean in float between DQ and Q):
+    the exact integer sum S = sum(q - zx), mean = f32(f32(S) * sx) / n, then QuantizeLinear to y.
+    Equal to ONNX Runtime's float path except where its float summation order moves a value across a
+    rounding tie."""
+
+    x_enc: Encoding = None
+    y_enc: Encoding = None
+    axes: tuple = ()
+    keepdims: bool = True
+    lo: int = 0
+    hi: int = 0
+
+    def compute(self, x, stats: LayerStats):
+        from ..quantize import quantize
+
+        axes = tuple(a % x.ndim for a in self.axes)
+        n = int(np.prod([x.shape[a] for a in axes]))
+        s = (x.astype(np.int64) - int(self.x_enc.zero_point)).sum(axis=axes, keepdims=self.keepdims)
+        mean = (s.astype(np.float32) * np.float32(self.x_enc.scale)).astype(np.float32) / np.float32(n)
+        q = quantize(mean.astype(np.float32), self.y_enc, "half_to_even").astype(np.int64)
+        return (np.clip(q, self.lo, self.hi).astype(self.y_enc.dtype.numpy_dtype),)
+
+
+@planner_op("ReduceMean")
+def plan_reduce_mean(p: Planner, node):
+    x = p.int_input(node, 0, "input")
+    if node.input(1) is not None:
+        axes = tuple(int(a) for a in p.const(node, 1, "axes").reshape(-1))
+    else:
+        axes = tuple(node.attr("axes") or ())
+    if not axes:
+        raise p.refuse(node, "ReduceMean over all axes (no axes given) is not supported")
+    keep = bool(node.attr("keepdims", 1))
+    out, y, acts = p.fused_output(node)
+    lo, hi = p.activation_bounds(acts, y)
+    if not (x.enc.is_per_tensor and y.is_per_tensor):
+        raise p.refuse(node, "ReduceMean needs per-tensor encodings")
+    t = p.target.arithmetic
+    if t.requant.form == "float32":
+        p.emit(MeanF32Step(node.name, "ReduceMean", (x.name,), (out,), x_enc=x.enc, y_enc=y, axes=axes,
+                           keepdims=keep, lo=lo, hi=hi))
+    else:
+        m, e = quantize_multiplier(float(np.float64(np.float32(x.enc.scale)) / np.float64(np.float32(y.scale))))
+        p.emit(MeanStep(node.name, "ReduceMean", (x.name,), (out,), x_zp=int(x.enc.zero_point), zo=int(y.zero_point),
+                        m=m, e=e, rounding=t.elementwise.rounding or "double", lo=lo, hi=hi, qmin=y.qmin,
+                        qmax=y.qmax, out_dtype=y.dtype.numpy_dtype, axes=axes, keepdims=keep))
     p.set(out, Val("int", out, y))

@@ -30,3 +30,46 @@ def test_tiny_cnn_matches_onnxruntime(tmp_path, fmt, per_channel):
     assert got.dtype == expected.dtype == np.float32
     diff = np.abs(got - expected)
     assert np.array_equal(got, expected), f"{np.count_nonzero(diff)} of {diff.size} outputs differ, max {diff.max()}"
+
+
+def _pb(path):
+    import onnx
+    from onnx import numpy_helper
+
+    t = onnx.TensorProto()
+    t.ParseFromString(path.read_bytes())
+    return numpy_helper.to_array(t)
+
+
+@pytest.mark.shared_data
+def test_shufflenet_int8_zoo_model_matches_onnxruntime(shared_data):
+    """QOperator model-zoo file: 56 QLinearConv (37 hit the AVX2 pair saturation, 19 depthwise do
+    not), QLinearMatMul, QLinearAdd, Concat between DQ/Q, ReduceMean in float between DQ/Q."""
+    d = shared_data / "onnx" / "shufflenet-v2-12-int8"
+    model = d / "shufflenet-v2-12-int8.onnx"
+    x = _pb(d / "test_data_set_0" / "input_0.pb")
+    (expected,) = _ort_run(model, {"input": x})
+    got = runtime.load(model, "ort-cpu").run({"input": x})["output"]
+    assert np.array_equal(got, expected), f"{np.count_nonzero(got != expected)} of {got.size} outputs differ"
+
+
+def test_other_form_differs_where_pairs_saturate(tmp_path):
+    """The form this CPU does not use is not what ONNX Runtime computes here (on a model whose
+    u8 x s8 pairs saturate), so the host-form equality above is a real check."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4])
+    b = numpy_helper.from_array(np.full((64, 4), 127, np.int8), "b")
+    m = helper.make_model(helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "g", [a], [y], [b]),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    path = tmp_path / "mm.onnx"
+    onnx.save(m, path)
+    feeds = {"a": np.full((1, 64), 255, np.uint8)}
+    (expected,) = _ort_run(path, feeds)
+    host = runtime.load(path, "ort-cpu")
+    other = "ort-cpu-vnni" if host.target.name == "ort-cpu-avx2" else "ort-cpu-avx2"
+    assert np.array_equal(host.run(feeds)["y"], expected)
+    assert not np.array_equal(runtime.load(path, other).run(feeds)["y"], expected)
