@@ -51,6 +51,65 @@ def _gemm_raw(a, bt, pair, out):
             out[m, n] = s
 
 
+@jit(parallel=True)
+def _gemm_raw32(a, bt, out):
+    """As :func:`_gemm_raw` without pair saturation, in int32 (the caller proves it cannot overflow),
+    so that LLVM vectorizes the unit-stride reduction."""
+    m_dim, k_dim = a.shape
+    n_dim = bt.shape[0]
+    for m in prange(m_dim):
+        ar = a[m]
+        for n in range(n_dim):
+            br = bt[n]
+            acc = np.int32(0)
+            for k in range(k_dim):
+                acc += ar[k] * br[k]
+            out[m, n] = acc
+
+
+@jit(parallel=True)
+def _gemm_pairs32(a_even, a_odd, b_even, b_odd, out):
+    """Pair-saturated sums on de-interleaved operands (even and odd reduction indices in separate
+    contiguous arrays, odd K padded with a zero product): unit stride, so the int16 clamp vectorizes."""
+    m_dim, k2 = a_even.shape
+    n_dim = b_even.shape[0]
+    for m in prange(m_dim):
+        ae = a_even[m]
+        ao = a_odd[m]
+        for n in range(n_dim):
+            be = b_even[n]
+            bo = b_odd[n]
+            acc = np.int32(0)
+            for k in range(k2):
+                p = ae[k] * be[k] + ao[k] * bo[k]
+                acc += min(max(p, np.int32(-32768)), np.int32(32767))
+            out[m, n] = acc
+
+
+@jit(parallel=True)
+def _depthwise(x, zx, w, zw, mult, sh, sw, dh, dw, ph, pw, oh, ow, out):
+    """Direct depthwise conv: out[n, c] = sum_ij (x[n, c // mult] - zx) * (w[c, 0] - zw[c]); padded taps add 0."""
+    n_dim, c_in, h, wd = x.shape
+    c_out, _, kh, kw = w.shape
+    for nc in prange(n_dim * c_out):
+        n = nc // c_out
+        c = nc % c_out
+        ci = c // mult
+        z = zw[c]
+        for y in range(oh):
+            for xx in range(ow):
+                acc = np.int64(0)
+                for i in range(kh):
+                    iy = y * sh - ph + i * dh
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(kw):
+                        ix = xx * sw - pw + j * dw
+                        if 0 <= ix < wd:
+                            acc += (np.int64(x[n, ci, iy, ix]) - zx) * (np.int64(w[c, 0, i, j]) - z)
+                out[n, c, y, xx] = acc
+
+
 def _as_int(x, what):
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.integer):
@@ -59,10 +118,31 @@ def _as_int(x, what):
 
 
 def gemm_raw(a2d: np.ndarray, bt2d: np.ndarray, pair_saturation: bool = False) -> np.ndarray:
-    """[M, K] x [N, K]^T raw integer products summed exactly (int64) or with pair saturation."""
+    """[M, K] x [N, K]^T raw integer products summed exactly (int64) or with pair saturation.
+
+    Uses int32 arithmetic when the bound K * max|a| * max|b| (or K/2 * 2^15 with pair saturation)
+    proves the sum fits, int64 otherwise; both give the exact same result.
+    """
     a2d = np.ascontiguousarray(a2d, dtype=np.int32)
     bt2d = np.ascontiguousarray(bt2d, dtype=np.int32)
     out = np.empty((a2d.shape[0], bt2d.shape[0]), np.int64)
+    k = a2d.shape[1]
+    if a2d.size and bt2d.size:
+        amax = int(np.abs(a2d).max())
+        bmax = int(np.abs(bt2d).max())
+        bound = (k // 2 + 1) * 32768 if pair_saturation else k * amax * bmax
+        pair_ok = not pair_saturation or 2 * amax * bmax < (1 << 31)
+        if bound < (1 << 31) - 1 and pair_ok:
+            out32 = np.empty(out.shape, np.int32)
+            if pair_saturation:
+                if k % 2:
+                    a2d = np.concatenate([a2d, np.zeros((a2d.shape[0], 1), np.int32)], axis=1)
+                    bt2d = np.concatenate([bt2d, np.zeros((bt2d.shape[0], 1), np.int32)], axis=1)
+                _gemm_pairs32(np.ascontiguousarray(a2d[:, 0::2]), np.ascontiguousarray(a2d[:, 1::2]),
+                              np.ascontiguousarray(bt2d[:, 0::2]), np.ascontiguousarray(bt2d[:, 1::2]), out32)
+            else:
+                _gemm_raw32(a2d, bt2d, out32)
+            return out32.astype(np.int64)
     _gemm_raw(a2d, bt2d, bool(pair_saturation), out)
     return out
 
@@ -170,6 +250,13 @@ def conv_acc(x, x_zero_point, w, w_zero_point, bias, strides, pads, dilations, g
     zb = np.asarray(w_zero_point, np.int64).reshape(-1)
     zb = np.repeat(zb, m) if zb.size == 1 else zb
     mg = m // group
+    if cg == 1 and group == c and not pair_saturation:  # depthwise (any depth multiplier): direct kernel
+        out = np.empty((n, m, oh, ow), np.int64)
+        _depthwise(np.ascontiguousarray(x, dtype=np.int32), int(x_zero_point), np.ascontiguousarray(w, dtype=np.int32),
+                   zb, mg, sh, sw, dh, dw, ph, pw, oh, ow, out)
+        if bias is not None:
+            out += np.asarray(bias, np.int64).reshape(1, m, 1, 1)
+        return out[:, :, 0, :] if one_d else out
     hwc = pair_order == "hwc"
     xc = np.ascontiguousarray(x, dtype=np.int32)
     out = np.empty((n, m, oh, ow), np.int64)
