@@ -8,8 +8,16 @@ import pytest
 import runtime
 from tests.onnx_models import quantize_with_ort, tiny_cnn
 
+from runtime.target import load_target
+
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.ort
+
+HOST_FORM = load_target("ort-cpu").name
+# Verified by experiment only on AVX2 hosts (runtime/ORT_CPU_ARITHMETIC.md); on VNNI/AMX hosts the
+# comparisons still run, and a mismatch is reported as xfail until that form is measured there.
+unverified_host = pytest.mark.xfail(HOST_FORM != "ort-cpu-avx2", strict=False,
+                                    reason=f"{HOST_FORM} not yet measured against ONNX Runtime on such a CPU")
 
 
 def _ort_run(path, feeds):
@@ -17,6 +25,7 @@ def _ort_run(path, feeds):
     return sess.run(None, feeds)
 
 
+@unverified_host
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_tiny_cnn_matches_onnxruntime(tmp_path, fmt, per_channel):
@@ -41,6 +50,7 @@ def _pb(path):
     return numpy_helper.to_array(t)
 
 
+@unverified_host
 @pytest.mark.shared_data
 def test_shufflenet_int8_zoo_model_matches_onnxruntime(shared_data):
     """QOperator model-zoo file: 56 QLinearConv (37 hit the AVX2 pair saturation, 19 depthwise do
@@ -75,7 +85,7 @@ def test_other_form_differs_where_pairs_saturate(tmp_path):
     assert not np.array_equal(runtime.load(path, other).run(feeds)["y"], expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=HOST_FORM == "ort-cpu-avx2", reason=(
     "KNOWN MISMATCH (AVX2 machine, onnxruntime 1.31.1): tiny_cnn(channels=32, size=16), QDQ per-channel, "
     "32 inputs: 2 of 320 logits (one sample) differ from ONNX Runtime. Not the QLinearAdd or "
     "QLinearGlobalAveragePool recipe (all candidate forms give identical integers there); suspected "
