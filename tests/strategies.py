@@ -212,3 +212,154 @@ def range_encoding_args(draw, dtypes=QUANT_DTYPES, schemes=SCHEMES):
 # ---------------------------------------------------------------------------------------------
 # kernels (shapes, integer tensors)
 # ---------------------------------------------------------------------------------------------
+# value ranges of the integer storage types the MAC/pool/elementwise kernels see (int4 held in int8)
+KERNEL_DTYPES = {"uint8": (np.uint8, 0, 255), "int8": (np.int8, -128, 127), "int16": (np.int16, -32768, 32767),
+                 "int4": (np.int8, -8, 7)}
+
+
+@st.composite
+def int_tensors(draw, shape, dtype_name: str):
+    """An integer tensor of ``shape``: random values, both range ends often, or all qmax / all qmin."""
+    from hypothesis.extra import numpy as hnp
+
+    dt, lo, hi = KERNEL_DTYPES[dtype_name]
+    fill = draw(st.sampled_from(["random", "random", "random", "qmax", "qmin"]))
+    if fill == "qmax":
+        return np.full(shape, hi, dt)
+    if fill == "qmin":
+        return np.full(shape, lo, dt)
+    return draw(hnp.arrays(dt, shape, elements=st.one_of(st.integers(lo, hi), st.sampled_from([lo, hi]))))
+
+
+def _zero_points(dtype_name: str, n: int | None = None):
+    """A zero point in the dtype's range (0 and both ends often); ``n`` values when ``n`` is given."""
+    _, lo, hi = KERNEL_DTYPES[dtype_name]
+    one = st.one_of(st.just(0), st.sampled_from([lo, hi]), st.integers(lo, hi))
+    return one if n is None else st.lists(one, min_size=n, max_size=n).map(lambda v: np.array(v, np.int64))
+
+
+@st.composite
+def matmul_cases(draw):
+    """Keyword arguments of ``matmul_acc``: 1-D or batched (broadcast) A [.., M, K], B [.., K, N], K <= 40,
+    scalar or per-column B zero points, optional int32 bias, u8 x s8 half of the time."""
+    a_dt, b_dt = draw(st.one_of(st.just(("uint8", "int8")), st.tuples(*[st.sampled_from(list(KERNEL_DTYPES))] * 2)))
+    m, k, n = draw(st.integers(1, 5)), draw(st.integers(1, 40)), draw(st.integers(1, 5))
+    kind = draw(st.sampled_from(["2d", "2d", "batched", "a1d", "b1d"]))
+    if kind == "batched":
+        ba, bb = draw(st.sampled_from([((2,), (2,)), ((2,), ()), ((), (2,)), ((1,), (2,)), ((2, 1), (1,)), ((2,), (1,))]))
+        a_shape, b_shape = ba + (m, k), bb + (k, n)
+    else:
+        a_shape = (k,) if kind == "a1d" else (m, k)
+        b_shape = (k,) if kind == "b1d" else (k, n)
+    n_out = 1 if kind == "b1d" else n
+    zb = draw(st.one_of(_zero_points(b_dt), _zero_points(b_dt, n_out)))
+    bias = draw(st.one_of(st.none(), st.lists(st.integers(-(2**20), 2**20), min_size=n_out, max_size=n_out)))
+    return dict(a=draw(int_tensors(a_shape, a_dt)), a_zero_point=draw(_zero_points(a_dt)),
+                b=draw(int_tensors(b_shape, b_dt)), b_zero_point=zb,
+                bias=None if bias is None else np.array(bias, np.int32))
+
+
+@st.composite
+def conv_cases(draw, depthwise: bool | None = None):
+    """Keyword arguments of ``conv_acc``: 1-D or 2-D, batch <= 2, channels <= 6, spatial <= 7, kernel <= 3,
+    strides/dilations 1-2, asymmetric pads < kernel, groups, depthwise with depth multiplier 1-2,
+    scalar or per-output-channel weight zero points, optional bias, both pair orders."""
+    x_dt, w_dt = draw(st.one_of(st.just(("uint8", "int8")), st.tuples(*[st.sampled_from(list(KERNEL_DTYPES))] * 2)))
+    nd = draw(st.sampled_from([1, 2]))
+    depthwise = draw(st.booleans()) if depthwise is None else depthwise
+    if depthwise:
+        c = draw(st.integers(1, 4))
+        group, cg, m = c, 1, c * draw(st.integers(1, 2))
+    else:
+        group = draw(st.sampled_from([1, 1, 2, 3]))
+        cg = draw(st.integers(1, 6 // group))
+        c = cg * group
+        m = group * draw(st.integers(1, 6 // group))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    strides = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    pads = tuple(draw(st.integers(0, k - 1)) for k in kernel for _ in range(1)) + \
+        tuple(draw(st.integers(0, k - 1)) for k in kernel)
+    spatial = tuple(draw(st.integers(max(1, (k - 1) * d + 1 - pb - pe), 7))
+                    for k, d, pb, pe in zip(kernel, dil, pads[:nd], pads[nd:]))
+    batch = draw(st.integers(1, 2))
+    zw = draw(st.one_of(_zero_points(w_dt), _zero_points(w_dt, m)))
+    bias = draw(st.one_of(st.none(), st.lists(st.integers(-(2**20), 2**20), min_size=m, max_size=m)))
+    return dict(x=draw(int_tensors((batch, c) + spatial, x_dt)), x_zero_point=draw(_zero_points(x_dt)),
+                w=draw(int_tensors((m, cg) + kernel, w_dt)), w_zero_point=zw,
+                bias=None if bias is None else np.array(bias, np.int32),
+                strides=strides, pads=pads, dilations=dil, group=group)
+
+
+@st.composite
+def pool_cases(draw, dtypes=("uint8", "int8", "int16", "int4")):
+    """(x, kernel, strides, pads, dilations, ceil_mode): 1-D or 2-D, batch <= 2, channels <= 3, spatial <= 7,
+    pads < kernel, the padded input at least one (dilated) window wide."""
+    dt = draw(st.sampled_from(dtypes))
+    nd = draw(st.sampled_from([1, 2]))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    strides = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    pads = tuple(draw(st.integers(0, k - 1)) for k in kernel) + tuple(draw(st.integers(0, k - 1)) for k in kernel)
+    spatial = tuple(draw(st.integers(max(1, (k - 1) * d + 1 - pb - pe), 7))
+                    for k, d, pb, pe in zip(kernel, dil, pads[:nd], pads[nd:]))
+    x = draw(int_tensors((draw(st.integers(1, 2)), draw(st.integers(1, 3))) + spatial, dt))
+    return dict(x=x, kernel=kernel, strides=strides, pads=pads, dilations=dil,
+                ceil_mode=draw(st.integers(0, 1))), dt
+
+
+@st.composite
+def broadcast_pairs(draw, dtypes):
+    """(a, b, dtype name): two small integer tensors of one dtype whose shapes broadcast."""
+    dt = draw(st.sampled_from(dtypes))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=3)))
+    b_shape = tuple(1 if draw(st.booleans()) else d for d in shape)[draw(st.integers(0, len(shape))):]
+    a, b = draw(int_tensors(shape, dt)), draw(int_tensors(b_shape, dt))
+    return (a, b, dt) if draw(st.booleans()) else (b, a, dt)
+
+
+@st.composite
+def add_fixed_point_cases(draw):
+    """Keyword arguments of ``add_fixed_point`` in TFLite's domain: left shift 20 (8-bit) or 15 (16-bit,
+    zero points 0), input multipliers <= 1 (shift <= 0), so every intermediate fits int32."""
+    a, b, dt = draw(broadcast_pairs(["uint8", "int8", "int16"]))
+    _, lo, hi = KERNEL_DTYPES[dt]
+    mult = st.integers(1 << 30, INT32_MAX)
+    qmin, qmax = draw(st.sampled_from([(-128, 127), (0, 255), (-32768, 32767)]))
+    act_lo, act_hi = sorted(draw(st.lists(st.integers(qmin, qmax), min_size=2, max_size=2)))
+    act_lo, act_hi = draw(st.sampled_from([(qmin, qmax), (act_lo, act_hi)]))
+    zps = st.just(0) if dt == "int16" else _zero_points(dt)  # TFLite's int16 Add: zero points 0
+    return dict(a=a, b=b, z1=draw(zps), z2=draw(zps),
+                left_shift=15 if dt == "int16" else 20, m1=draw(mult), e1=draw(st.integers(-31, 0)),
+                m2=draw(mult), e2=draw(st.integers(-31, 0)), mo=draw(mult), eo=draw(st.integers(-31, 2)),
+                zo=draw(st.integers(qmin, qmax)), lo=act_lo, hi=act_hi, qmin=qmin, qmax=qmax,
+                single=draw(st.booleans()))
+
+
+@st.composite
+def mul_fixed_point_cases(draw):
+    """Keyword arguments of ``mul_fixed_point``: 8-bit inputs with any zero points, or int16 with zero
+    points 0, so the raw product fits int32; any multiplier and shift in [-31, 30]."""
+    a, b, dt = draw(broadcast_pairs(["uint8", "int8", "int4", "int16"]))
+    z = (lambda: 0) if dt == "int16" else (lambda: draw(_zero_points(dt)))
+    qmin, qmax = draw(st.sampled_from([(-128, 127), (0, 255), (-32768, 32767)]))
+    return dict(a=a, b=b, z1=z(), z2=z(), m=draw(multipliers), e=draw(st.integers(-31, 30)),
+                zo=draw(st.integers(qmin, qmax)), lo=qmin, hi=qmax, qmin=qmin, qmax=qmax,
+                single=draw(st.booleans()))
+
+
+float32_ratios = st.one_of(st.integers(-12, 6).map(lambda k: float(np.float32(2.0**k))),
+                           st.floats(2.0**-12, 2.0**6, width=32))
+
+
+@st.composite
+def float32_binary_cases(draw, kind: str):
+    """Keyword arguments of ``add_float32`` (kind "Add") or ``mul_float32`` ("Mul"): float32 ratios in
+    [2^-12, 2^6] (exact-tie powers of two often), so every rounded value fits int64."""
+    a, b, dt = draw(broadcast_pairs(["uint8", "int8", "int16"]))
+    qmin, qmax = draw(st.sampled_from([(-128, 127), (0, 255), (-32768, 32767)]))
+    common = dict(a=a, b=b, za=draw(_zero_points(dt)), zb=draw(_zero_points(dt)), zc=draw(st.integers(qmin, qmax)),
+                  lo=qmin, hi=qmax, qmin=qmin, qmax=qmax)
+    if kind == "Add":
+        return dict(common, ra=np.float32(draw(float32_ratios)), rb=np.float32(draw(float32_ratios)))
+    return dict(common, r=np.float32(draw(float32_ratios)))

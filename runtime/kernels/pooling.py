@@ -42,7 +42,7 @@ def _round_div(a, n, mode):
 
 
 @jit
-def _pool(x, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, is_max, lowest, zp, include_pad, mode, out):
+def _pool(x, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, peh, pew, is_max, lowest, zp, include_pad, mode, out):
     n_dim, c_dim, h, w = x.shape
     for n in range(n_dim):
         for c in range(c_dim):
@@ -63,7 +63,8 @@ def _pool(x, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, is_max, lowest, zp, include
                                     best = v
                                 s += v - zp
                                 cnt += 1
-                            total += 1
+                            if -ph <= iy < h + peh and -pw <= ix < w + pew:
+                                total += 1  # taps in the declared padding count; ceil_mode overhang does not
                     if is_max:
                         out[n, c, y, xx] = best
                     else:
@@ -88,13 +89,13 @@ def _prep(x, kernel, strides, pads, dilations, ceil_mode):
     ph, pw, peh, pew = pads
     oh = _out_size(x.shape[2], kh, sh, dh, ph, peh, ceil_mode)
     ow = _out_size(x.shape[3], kw, sw, dw, pw, pew, ceil_mode)
-    return x, one_d, (kh, kw, sh, sw, dh, dw, ph, pw, oh, ow)
+    return x, one_d, (kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, peh, pew)
 
 
 def max_pool(x, kernel, strides, pads, dilations=None, ceil_mode=0) -> np.ndarray:
     dilations = dilations or (1,) * len(kernel)
     xs, one_d, geo = _prep(x, kernel, strides, pads, dilations, ceil_mode)
-    out = np.empty(xs.shape[:2] + geo[-2:], xs.dtype)
+    out = np.empty(xs.shape[:2] + geo[8:10], xs.dtype)
     lowest = int(np.iinfo(xs.dtype).min)
     _pool(np.ascontiguousarray(xs), *geo, True, lowest, 0, False, 0, out)
     return out[:, :, 0, :] if one_d else out
@@ -103,7 +104,7 @@ def max_pool(x, kernel, strides, pads, dilations=None, ceil_mode=0) -> np.ndarra
 def average_pool(x, x_zero_point, kernel, strides, pads, count_include_pad, ceil_mode, rounding) -> np.ndarray:
     """zp + round_div(sum over counted taps of (x - zp), n): padded taps contribute 0 (int64 result)."""
     xs, one_d, geo = _prep(x, kernel, strides, pads, (1,) * len(kernel), ceil_mode)
-    out = np.empty(xs.shape[:2] + geo[-2:], np.int64)
+    out = np.empty(xs.shape[:2] + geo[8:10], np.int64)
     _pool(np.ascontiguousarray(xs), *geo, False, 0, int(x_zero_point), bool(count_include_pad), ROUNDINGS[rounding], out)
     return out[:, :, 0, :] if one_d else out
 
