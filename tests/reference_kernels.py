@@ -291,12 +291,16 @@ def mul_fixed_point_ref(a, b, z1, z2, m, e, zo, lo, hi, qmin, qmax, single):
 
 
 def add_float32_ref(a, b, za, zb, ra, rb, zc, lo, hi, qmin, qmax):
-    """rne(f32(f32(a - za) * rA) + f32(f32(b - zb) * rB)) + zc, numpy float32 scalars."""
-    f32 = np.float32
+    """rne(fma(a, rA, fma(b, rB, C))), C = f32(zc - f32(f32(rA*za) + f32(rB*zb))), one element at a time;
+    fma(x, y, z) = f32(f64(x) * f64(y) + f64(z)) (the float32 product is exact in float64)."""
+    f32, f64 = np.float32, np.float64
+    c = f32(f32(zc) - f32(f32(f32(ra) * f32(za)) + f32(f32(rb) * f32(zb))))
+
+    def fma(x, y, z):
+        return f32(f64(f32(x)) * f64(f32(y)) + f64(z))
 
     def one(x, y):
-        s = f32(f32(x - za) * f32(ra)) + f32(f32(y - zb) * f32(rb))
-        return int(np.rint(f32(s))) + zc
+        return int(np.rint(fma(x, ra, fma(y, rb, c))))
     return _clamp_count(_binary(a, b, one), qmin, qmax, lo, hi)
 
 
