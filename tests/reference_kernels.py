@@ -162,16 +162,6 @@ def pool_out_size_ref(n, k, s, d, pb, pe, ceil):
             return count
 
 
-def window_overhangs(spatial, kernel, strides, pads, dilations, ceil):
-    """True when some ceil-mode window has taps past the end padding."""
-    nd = len(kernel)
-    for d in range(nd):
-        o = pool_out_size_ref(spatial[d], kernel[d], strides[d], dilations[d], pads[d], pads[nd + d], ceil)
-        if (o - 1) * strides[d] - pads[d] + (kernel[d] - 1) * dilations[d] >= spatial[d] + pads[nd + d]:
-            return True
-    return False
-
-
 def round_div_ref(a: int, n: int, mode: str) -> int:
     """round(a / n), n > 0, by exact rational arithmetic."""
     q = Fraction(a, n)
