@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..dtypes import INT32
 from ..encoding import Encoding
 from ..kernels.requant import requantize_fixed_point
 from ..plan import Planner, Val, planner_op
@@ -60,17 +61,11 @@ class RequantizeStep(Step):
                                                   -(1 << 31), (1 << 31) - 1, self.rounding), np.int64)
         else:
             f = dequantize(x, self.src)
-            wide = Encoding(scale=self.dst.scale, zero_point=self.dst.zero_point,
-                            dtype=_wide(self.dst), granularity=self.dst.granularity)
+            wide = Encoding(scale=self.dst.scale, zero_point=self.dst.zero_point,  # unclamped, to count saturation
+                            dtype=INT32, granularity=self.dst.granularity)
             y = quantize(f, wide, self.quantize_rounding).astype(np.int64)
         stats.saturation += int(np.count_nonzero((y < self.dst.qmin) | (y > self.dst.qmax)))
         return (np.clip(y, self.lo, self.hi).astype(self.dst.dtype.numpy_dtype),)
-
-
-def _wide(enc: Encoding):
-    from ..dtypes import INT32
-
-    return INT32
 
 
 def requantize_step(p: Planner, name: str, src_name: str, src: Encoding, dst: Encoding, out: str,
