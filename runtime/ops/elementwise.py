@@ -49,12 +49,12 @@ class BinaryStep(Step):
         return (y.astype(self.out_dtype),)
 
 
-def binary_step(p: Planner, node, kind: str, v1: Val, e1: Encoding, v2: Val, e2: Encoding, out: str,
-                y: Encoding, lo: int, hi: int) -> BinaryStep:
-    for e in (e1, e2, y):
-        if not e.is_per_tensor:
-            raise p.refuse(node, f"{kind} needs per-tensor encodings on both inputs and the output")
-    t = p.target.arithmetic.elementwise
+def binary_params(target, kind: str, e1: Encoding, e2: Encoding, y: Encoding) -> tuple:
+    """Plan-time parameters of an integer Add/Mul on the target: ``(rule, params, single)``.
+
+    fixed_point (TFLite): Add ``(left_shift, M1, e1, M2, e2, Mo, eo)`` with the common scale
+    2*max(s1, s2); Mul ``(M, e)`` for s1*s2/so. float32 (ONNX Runtime): the float32 ratios."""
+    t = target.arithmetic.elementwise
     s1, s2, so = (np.float64(np.float32(e.scale)) for e in (e1, e2, y))
     if t.rule == "fixed_point":
         if kind == "Add":
@@ -70,11 +70,20 @@ def binary_step(p: Planner, node, kind: str, v1: Val, e1: Encoding, v2: Val, e2:
         from ..kernels.elementwise_f32 import float32_params
 
         params = float32_params(kind, np.float32(e1.scale), np.float32(e2.scale), np.float32(y.scale))
+    return t.rule, params, t.rounding == "single"
+
+
+def binary_step(p: Planner, node, kind: str, v1: Val, e1: Encoding, v2: Val, e2: Encoding, out: str,
+                y: Encoding, lo: int, hi: int) -> BinaryStep:
+    for e in (e1, e2, y):
+        if not e.is_per_tensor:
+            raise p.refuse(node, f"{kind} needs per-tensor encodings on both inputs and the output")
+    rule, params, single = binary_params(p.target, kind, e1, e2, y)
     consts = tuple(v.const if v.kind in ("qconst", "const") else None for v in (v1, v2))
     inputs = tuple(v.name for v in (v1, v2) if v.kind not in ("qconst", "const"))
-    return BinaryStep(node.name, kind, inputs, (out,), kind=kind, rule=t.rule, z1=int(e1.zero_point),
+    return BinaryStep(node.name, kind, inputs, (out,), kind=kind, rule=rule, z1=int(e1.zero_point),
                       z2=int(e2.zero_point), zo=int(y.zero_point), params=params, lo=lo, hi=hi, qmin=y.qmin,
-                      qmax=y.qmax, single=(t.rounding == "single"), consts=consts, out_dtype=y.dtype.numpy_dtype)
+                      qmax=y.qmax, single=single, consts=consts, out_dtype=y.dtype.numpy_dtype)
 
 
 @planner_op("Add", "Mul")

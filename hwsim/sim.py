@@ -1,0 +1,421 @@
+"""The simulation model: a float model plus a target, with quantizers where the target quantizes.
+
+>>> import torch, hwsim
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+>>> sim = hwsim.simulate(net, "dsp-int8", torch.zeros(1, 1, 6, 6))
+>>> sim.calibrate([torch.rand(8, 1, 6, 6)], progress=False)
+>>> [g.op_type + ("+" + "+".join(a.op_type for a in g.acts) if g.acts else "") for g in sim.groups]
+['Conv+Relu', 'Flatten', 'Gemm']
+>>> sim.mode = "exact"; y = sim(torch.rand(2, 1, 6, 6)); y.shape
+torch.Size([2, 3])
+
+Placement (the target's ``placement`` section, AIMET quantsim-config concepts): model inputs are
+quantized when ``model_input.is_input_quantized``; each op's output when the op type's
+``is_output_quantized`` says so, except inside a matched supergroup (greedy longest chain of
+single-consumer ops whose types follow a supergroup's ``op_list``), where only the last op's output
+is; data-movement ops whose output is not quantized keep their input's encoding (an *alias*, so the
+exported model repeats that encoding after them); weights and biases per ``params``. A batch norm is
+folded into the Conv/Linear before it first (also after a depthwise conv).
+
+Modes (``sim.mode``):
+
+- ``"float"``: the folded float model, no quantization.
+- ``"fast"``: float32 fake quantization with straight-through gradients (QAT, quick evaluation):
+  weights on their integer grid, bias on the int32 grid at ``s_x*s_w``, fused Relu/Clip before the
+  output quantizer; rounding is the target's.
+- ``"exact"``: the target's integer arithmetic in torch (:mod:`hwsim.exact`): integer tensors, exact
+  accumulation, the target's accumulator, requantization, elementwise and pooling rules. Outputs
+  equal the integer runtime's (``runtime.load`` on the exported model) bit for bit.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from runtime.encoding import Encoding, PerAxis, PerBlock, PerTensor, bias_encoding, encoding_from_range
+from runtime.errors import DataError, HwsimError, UnsupportedError
+from runtime.target import Target, load_target
+
+from . import exact as X
+from .graph import MOVEMENT, Captured, Op, capture
+
+MAC_OPS = ("Conv", "Gemm")
+ACTIVATIONS = ("Relu", "Clip")
+MODES = ("float", "fast", "exact")
+
+
+@dataclass
+class Group:
+    """A fused group: a head op plus the Relu/Clip folded into it (a matched supergroup)."""
+
+    head: Op
+    acts: list[Op] = field(default_factory=list)
+    output: str = ""          # the value the group produces
+    out_quantized: bool = True
+
+    @property
+    def op_type(self) -> str:
+        return self.head.op_type
+
+    @property
+    def name(self) -> str:
+        return self.head.name
+
+
+class Quantizer(nn.Module):
+    """One tensor's quantizer: its kind, integer type, scheme, granularity and (once set) encoding.
+
+    ``scale`` and ``zero_point`` are buffers (float32 / int64) so that the simulation model moves
+    between devices with ``.to()``; ``encoding`` is the canonical runtime Encoding."""
+
+    def __init__(self, name: str, kind: str, qtype, scheme: str, granularity, rounding: str):
+        super().__init__()
+        self.tensor_name, self.kind, self.qtype, self.scheme = name, kind, qtype, scheme
+        self.granularity, self.rounding = granularity, rounding
+        self.encoding: Encoding | None = None
+        self.observer = None
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int64))
+
+    def set_encoding(self, enc: Encoding) -> None:
+        self.encoding = enc
+        dev = self.scale.device
+        self.scale = torch.as_tensor(np.array(enc.scale, np.float32), device=dev)
+        self.zero_point = torch.as_tensor(np.array(enc.zero_point, np.int64), device=dev)
+
+    def _params(self, x: torch.Tensor):
+        if self.encoding is None:
+            raise HwsimError(f"tensor {self.tensor_name!r} has no encoding yet: call sim.calibrate(...) first")
+        s, z = self.scale, self.zero_point
+        g = self.encoding.granularity
+        if isinstance(g, PerAxis) and s.dim() == 1:
+            shape = [1] * x.dim()
+            shape[g.axis % x.dim()] = -1
+            s, z = s.reshape(shape), z.reshape(shape)
+        elif isinstance(g, PerBlock):
+            a = g.axis % x.dim()
+            s = s.repeat_interleave(g.block_size, dim=a).narrow(a, 0, x.shape[a])
+            z = z.repeat_interleave(g.block_size, dim=a).narrow(a, 0, x.shape[a])
+        return s, z
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer values (int64) with the target's rounding."""
+        if not torch.isfinite(x).all():
+            raise DataError(f"tensor {self.tensor_name!r}: {int((~torch.isfinite(x)).sum())} NaN/Inf values cannot "
+                            "be quantized")
+        s, z = self._params(x)
+        return X.quantize(x.detach(), s, z, self.encoding.qmin, self.encoding.qmax, self.rounding)
+
+    def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        s, z = self._params(q)
+        return X.dequantize(q, s, z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake quantization with a straight-through gradient (identity inside the range)."""
+        fq = self.dequantize(self.quantize(x)).to(x.dtype)
+        return x + (fq - x).detach()
+
+
+class SimModel(nn.Module):
+    """A model simulated on a target (see the module docstring)."""
+
+    def __init__(self, captured: Captured, target: Target, example_inputs: tuple):
+        super().__init__()
+        self.target = target
+        self.cap = captured
+        self.mode = "fast"
+        self.layers = nn.ModuleDict()
+        for op in captured.ops:
+            if op.module is not None:
+                self.layers[_key(op.name)] = op.module
+        self.input_names = list(captured.inputs)
+        self.output_names = list(captured.outputs)
+        self.groups: list[Group] = []
+        self.alias: dict[str, str] = {}  # value -> the value whose encoding it shares
+        self.act_q = nn.ModuleDict()     # quantized activations, by value name
+        self.weight_q = nn.ModuleDict()  # by group name
+        self.bias_q = nn.ModuleDict()
+        self._place()
+        self.stats: dict[str, dict] = {}
+
+    # -------------------------------------------------------------------------------------------
+    # placement
+    # -------------------------------------------------------------------------------------------
+    def _place(self) -> None:
+        t = self.target
+        pl, ar = t.placement, t.arithmetic
+        consumers: dict[str, list[Op]] = {}
+        for op in self.cap.ops:
+            for i in op.inputs:
+                consumers.setdefault(i, []).append(op)
+        used = set()
+        chains = [sg.op_list for sg in pl.supergroups]
+        for op in self.cap.ops:
+            if op.name in used:
+                continue
+            if op.op_type not in ar.integer_ops and op.op_type not in ("Identity",):
+                raise UnsupportedError(f"{t.name}: node {op.name!r} is a {op.op_type}, which the target does not run in "
+                                       f"integers (integer_ops: {', '.join(ar.integer_ops)})")
+            best: list[Op] = []
+            for chain in chains:
+                if chain[0] != op.op_type:
+                    continue
+                seq, cur = [], op
+                for nxt_type in chain[1:]:
+                    users = consumers.get(cur.output, [])
+                    if len(users) != 1 or users[0].op_type != nxt_type or cur.output in self.output_names:
+                        break
+                    seq.append(users[0])
+                    cur = users[0]
+                else:
+                    if len(seq) > len(best) and all(s.op_type in ACTIVATIONS for s in seq):
+                        best = seq
+            g = Group(op, best, (best[-1] if best else op).output)
+            used.update(s.name for s in best)
+            self.groups.append(g)
+        for v in self.input_names:
+            if not pl.model_input.is_input_quantized:
+                raise UnsupportedError(f"{t.name}: model_input.is_input_quantized is false; the integer runtime "
+                                       "needs quantized model inputs")
+            self._act(v)
+        for g in self.groups:
+            op_type = g.op_type
+            quantized = pl.output_quantized((g.acts[-1] if g.acts else g.head).op_type)
+            if g.output in self.output_names and pl.model_output.is_output_quantized:
+                quantized = quantized or op_type not in MOVEMENT
+            if op_type in MOVEMENT and not g.acts:
+                src = g.head.inputs[0]
+                self.alias[g.output] = self.alias.get(src, src)
+                g.out_quantized = False
+                continue
+            if not quantized:
+                raise UnsupportedError(f"{t.name}: the output of {op_type} node {g.name!r} is not quantized by the "
+                                       "target's placement, but the integer runtime needs it quantized (add a "
+                                       "supergroup that fuses it with its consumer, or quantize its output)")
+            self._act(g.output)
+            if op_type in MAC_OPS:
+                wq = ar.weights_for(op_type)
+                gran = PerTensor() if wq.granularity == "per_tensor" else (
+                    PerAxis(0) if wq.granularity == "per_channel" else PerBlock(1, wq.block_size))
+                rnd = "half_to_even"
+                self.weight_q[_key(g.name)] = Quantizer(g.name + ".weight", "weight", wq.qtype, wq.scheme, gran, rnd)
+                self.bias_q[_key(g.name)] = Quantizer(g.name + ".bias", "bias", ar.bias.qtype, "symmetric",
+                                                      PerTensor(), rnd)
+
+    def _act(self, value: str) -> None:
+        a = self.target.arithmetic.activations
+        self.act_q[_key(value)] = Quantizer(value, "activation", a.qtype, a.scheme, PerTensor(),
+                                            self.target.arithmetic.rounding.quantize)
+
+    def quantizer_of(self, value: str) -> Quantizer:
+        v = self.alias.get(value, value)
+        return self.act_q[_key(v)]
+
+    # -------------------------------------------------------------------------------------------
+    # calibration
+    # -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def calibrate(self, batches, scheme: str = "minmax", weight_scheme: str = "minmax", progress: bool = True,
+                  **observer_options) -> None:
+        """Set every encoding: activations from observers streaming over ``batches`` (tensors, or
+        tuples for several inputs) with ``scheme``; weights from the weight tensors (``weight_scheme``);
+        biases at ``s_x * s_w`` (int32). Shows progress unless ``progress=False``."""
+        from .ranges import make_observer
+
+        for q in self.act_q.values():
+            q.observer = make_observer(scheme, q.qtype, q.scheme, name=q.tensor_name, **observer_options)
+        it = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(batches, desc="calibrate", unit="batch", leave=False)
+        n = 0
+        for b in it:
+            b = b if isinstance(b, (tuple, list)) else (b,)
+            self._run_float(b, observe=True)
+            n += 1
+        if n == 0:
+            raise DataError("calibration data is empty: pass at least one batch")
+        for q in self.act_q.values():
+            mn, mx = q.observer.compute()
+            q.set_encoding(encoding_from_range(mn, mx, q.qtype, q.scheme, PerTensor()))
+            q.observer = None
+        self.set_weight_encodings(weight_scheme)
+
+    @torch.no_grad()
+    def set_weight_encodings(self, scheme: str = "minmax") -> None:
+        """(Re)compute weight encodings from the current weights, and bias encodings from them."""
+        from .ranges import make_observer
+
+        for g in self.groups:
+            k = _key(g.name)
+            if k not in self.weight_q:
+                continue
+            wq, w = self.weight_q[k], self.layers[k].weight
+            if isinstance(wq.granularity, PerBlock):
+                from runtime.encoding import encoding_from_tensor
+
+                enc = encoding_from_tensor(w.detach().cpu().numpy(), wq.qtype, wq.scheme, wq.granularity)
+            else:
+                axis = 0 if isinstance(wq.granularity, PerAxis) else None
+                obs = make_observer(scheme, wq.qtype, wq.scheme, axis=axis, name=wq.tensor_name)
+                obs.update(w.detach())
+                mn, mx = obs.compute()
+                enc = encoding_from_range(mn, mx, wq.qtype, wq.scheme, wq.granularity)
+            wq.set_encoding(enc)
+            self._set_bias_encoding(g)
+
+    def _set_bias_encoding(self, g: Group) -> None:
+        k = _key(g.name)
+        sx = self.quantizer_of(g.head.inputs[0]).encoding.scale
+        sw = self.weight_q[k].encoding.scale
+        if sw.ndim > 1:  # per block: no single bias scale per channel; use the per-channel max
+            sw = sw.max(axis=tuple(range(1, sw.ndim)))
+        self.bias_q[k].set_encoding(bias_encoding(sx, sw, self.target.arithmetic.bias.qtype))
+
+    def encodings(self) -> dict[str, Encoding]:
+        """Every encoding by tensor name (activations by value, weights/biases by ``<layer>.weight``)."""
+        out = {}
+        for q in list(self.act_q.values()) + list(self.weight_q.values()) + list(self.bias_q.values()):
+            if q.encoding is not None:
+                out[q.tensor_name] = q.encoding
+        return out
+
+    # -------------------------------------------------------------------------------------------
+    # forward
+    # -------------------------------------------------------------------------------------------
+    def forward(self, *inputs):
+        if self.mode not in MODES:
+            raise HwsimError(f"mode must be one of {MODES}, found {self.mode!r}")
+        if self.mode == "exact":
+            outs = self.run_exact(inputs)
+            res = [self.quantizer_of(o).dequantize(outs[o]) for o in self.output_names]
+        else:
+            vals = self._run_float(inputs, fake=self.mode == "fast")
+            res = [vals[o] for o in self.output_names]
+        return res[0] if len(res) == 1 else tuple(res)
+
+    def _run_float(self, inputs, fake: bool = False, observe: bool = False, keep: bool = False) -> dict:
+        if len(inputs) != len(self.input_names):
+            raise HwsimError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                             f"found {len(inputs)}")
+        vals: dict[str, torch.Tensor] = {}
+
+        def out(value, x):
+            if observe and _key(value) in self.act_q:
+                if not torch.isfinite(x).all():
+                    raise DataError(f"calibration: tensor {value!r} has {int((~torch.isfinite(x)).sum())} NaN/Inf values")
+                self.act_q[_key(value)].observer.update(x)
+            if fake and _key(value) in self.act_q:
+                x = self.act_q[_key(value)](x)
+            vals[value] = x
+
+        for name, x in zip(self.input_names, inputs):
+            out(name, x)
+        for g in self.groups:
+            y = self._float_op(g, vals, fake)
+            for a in g.acts:
+                y = _float_act(a, y)
+            out(g.output, y)
+        return vals
+
+    def _float_op(self, g: Group, vals, fake: bool) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        op = g.head
+        xs = [vals[i] for i in op.inputs]
+        a = op.attrs
+        if op.op_type in MAC_OPS:
+            m = self.layers[_key(op.name)]
+            w, b = m.weight, m.bias
+            if fake:
+                w = self.weight_q[_key(op.name)](w)
+                if b is not None:
+                    b = self.bias_q[_key(op.name)](b)
+            if op.op_type == "Gemm":
+                return F.linear(xs[0], w, b)
+            pt, pl, pb, pr = a["pads"]
+            x = xs[0]
+            if (pt, pl) != (pb, pr):
+                x = F.pad(x, (pl, pr, pt, pb))
+                pt = pl = 0
+            return F.conv2d(x, w, b, a["strides"], (pt, pl), a["dilations"], a["group"])
+        if op.op_type == "Add":
+            return xs[0] + xs[1]
+        if op.op_type == "Mul":
+            return xs[0] * xs[1]
+        if op.op_type in ACTIVATIONS:
+            return _float_act(op, xs[0])
+        if op.op_type == "MaxPool":
+            return F.max_pool2d(xs[0], a["kernel"], a["strides"], a["pads"][:2], a["dilations"], bool(a["ceil_mode"]))
+        if op.op_type == "AveragePool":
+            return F.avg_pool2d(xs[0], a["kernel"], a["strides"], a["pads"][:2], bool(a["ceil_mode"]),
+                                bool(a["count_include_pad"]))
+        if op.op_type == "GlobalAveragePool":
+            return xs[0].mean(dim=(2, 3), keepdim=True)
+        if op.op_type == "Flatten":
+            return xs[0].flatten(1)
+        if op.op_type == "Reshape":
+            return xs[0].reshape(a["shape"])
+        if op.op_type == "Concat":
+            return torch.cat(xs, a["axis"])
+        raise UnsupportedError(f"node {op.name!r}: {op.op_type} has no float implementation")
+
+    # ---- exact ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run_exact(self, inputs, keep: bool = True) -> dict[str, torch.Tensor]:
+        """Integer tensors (int64) of every quantized value (and aliases), in exact mode."""
+        from .exact_ops import exact_group
+
+        vals: dict[str, torch.Tensor] = {}
+        self.stats = {}
+        for name, x in zip(self.input_names, inputs):
+            vals[name] = self.quantizer_of(name).quantize(x)
+        for g in self.groups:
+            stats = {"overflow": 0, "saturation": 0}
+            vals[g.output] = exact_group(self, g, vals, stats)
+            self.stats[g.name] = stats
+        return vals
+
+    # -------------------------------------------------------------------------------------------
+    def export(self, out_dir, name: str = "model", encodings_version: str = "1.0.0") -> dict[str, Path]:
+        """Write ``<name>.onnx`` (QDQ) and ``<name>.encodings`` (AIMET JSON) atomically."""
+        from .export import export
+
+        return export(self, Path(out_dir), name, encodings_version)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _float_act(op: Op, y: torch.Tensor) -> torch.Tensor:
+    if op.op_type == "Relu":
+        return torch.relu(y)
+    lo, hi = op.attrs.get("min"), op.attrs.get("max")
+    return torch.clamp(y, min=lo, max=hi)
+
+
+def simulate(model, target, example_inputs, mode: str = "fast") -> SimModel:
+    """Build the simulation model of ``model`` (a torch.nn.Module, or a path to a float ONNX file)
+    on ``target`` (a built-in name, a target file, or a Target)."""
+    t = load_target(target) if not isinstance(target, Target) else target
+    if isinstance(model, (str, os.PathLike)):
+        from .onnx_import import import_onnx
+
+        model = import_onnx(model)
+    ex = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    cap = capture(model, tuple(ex))
+    sim = SimModel(cap, t, tuple(ex))
+    if mode not in MODES:
+        raise HwsimError(f"mode must be one of {MODES}, found {mode!r}")
+    sim.mode = mode
+    return sim
+
+
+__all__ = ["simulate", "SimModel", "Quantizer", "Group"]
