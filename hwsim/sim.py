@@ -204,6 +204,7 @@ class SimModel(nn.Module):
                     PerAxis(0) if wq.granularity == "per_channel" else PerBlock(1, wq.block_size))
                 rnd = "half_to_even"
                 self.weight_q[_key(g.name)] = Quantizer(g.name + ".weight", "weight", wq.qtype, wq.scheme, gran, rnd)
+                self.weight_q[_key(g.name)].reduce_range = wq.reduce_range
                 self.bias_q[_key(g.name)] = Quantizer(g.name + ".bias", "bias", ar.bias.qtype, "symmetric",
                                                       PerTensor(), rnd)
 
@@ -267,6 +268,8 @@ class SimModel(nn.Module):
                 obs.update(w.detach())
                 mn, mx = obs.compute()
                 enc = encoding_from_range(mn, mx, wq.qtype, wq.scheme, wq.granularity)
+            if getattr(wq, "reduce_range", False):
+                enc = reduced_range(enc)
             wq.set_encoding(enc)
             self._set_bias_encoding(g)
 
@@ -337,14 +340,17 @@ class SimModel(nn.Module):
                 w = self.weight_q[_key(op.name)](w)
                 if b is not None:
                     b = self.bias_q[_key(op.name)](b)
+            corr = self._requant_correction(g, xs[0]) if fake else None
             if op.op_type == "Gemm":
-                return F.linear(xs[0], w, b)
+                y = F.linear(xs[0], w, b)
+                return y if corr is None else y * corr.reshape(1, -1)
             pt, pl, pb, pr = a["pads"]
             x = xs[0]
             if (pt, pl) != (pb, pr):
                 x = F.pad(x, (pl, pr, pt, pb))
                 pt = pl = 0
-            return F.conv2d(x, w, b, a["strides"], (pt, pl), a["dilations"], a["group"])
+            y = F.conv2d(x, w, b, a["strides"], (pt, pl), a["dilations"], a["group"])
+            return y if corr is None else y * corr.reshape(1, -1, 1, 1)
         if op.op_type == "Add":
             return xs[0] + xs[1]
         if op.op_type == "Mul":
@@ -365,6 +371,42 @@ class SimModel(nn.Module):
         if op.op_type == "Concat":
             return torch.cat(xs, a["axis"])
         raise UnsupportedError(f"node {op.name!r}: {op.op_type} has no float implementation")
+
+    def _requant_correction(self, g: Group, x: torch.Tensor) -> torch.Tensor | None:
+        """Per output channel, the ratio of the target's effective requantization multiplier to the
+        real one (fixed-point multipliers carry 31 or, in TFLite's 16x8 kernels, 15 bits; float32
+        ratios 24), so that fast mode scales accumulators as the hardware does. Cached per encoding."""
+        key = _key(g.name)
+        wq, yq = self.weight_q[key], self.quantizer_of(g.output)
+        xq = self.quantizer_of(g.head.inputs[0])
+        if wq.encoding is None or yq.encoding is None or xq.encoding is None:
+            return None
+        ck = (id(xq.encoding), id(wq.encoding), id(yq.encoding))
+        cached = getattr(self, "_corr_cache", {}).get(key)
+        if cached is not None and cached[0] == ck:
+            return cached[1].to(x.device)
+        from runtime.ops.common import Requant
+
+        ws = np.asarray(wq.encoding.scale, np.float32)
+        n_out = self.layers[key].weight.shape[0]
+        ws = np.repeat(ws, n_out) if ws.ndim == 0 else ws.reshape(n_out, -1)[:, 0]
+        ye = yq.encoding
+        rq = Requant.prepare(self.target, xq.encoding.scale, ws, ye.scale, int(ye.zero_point), ye.qmin, ye.qmax)
+        ideal = np.float64(np.float32(xq.encoding.scale)) * ws.astype(np.float64) / np.float64(np.float32(ye.scale))
+        if rq.form == "fixed_point":
+            m, e = rq.multipliers.astype(np.float64), rq.shifts.astype(np.float64)
+            if rq.rounding == "int64":
+                m16 = np.where(rq.multipliers < 0x7FFF0000, (rq.multipliers + 32768) >> 16, 0x7FFF)
+                eff = m16.astype(np.float64) * np.exp2(e - 15)
+            else:
+                eff = m * np.exp2(e - 31)
+        else:
+            eff = rq.scales.astype(np.float64)
+        corr = torch.as_tensor((eff / ideal).astype(np.float32))
+        if not hasattr(self, "_corr_cache"):
+            self._corr_cache = {}
+        self._corr_cache[key] = (ck, corr)
+        return corr.to(x.device)
 
     # ---- exact ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -388,6 +430,15 @@ class SimModel(nn.Module):
         from .export import export
 
         return export(self, Path(out_dir), name, encodings_version)
+
+
+def reduced_range(enc: Encoding) -> Encoding:
+    """A symmetric signed encoding narrowed by one bit (ONNX Runtime's ``reduce_range``): the same
+    real range on [-2^(b-2), 2^(b-2) - 1], e.g. int8 weights in [-64, 63] at twice the scale."""
+    half = 1 << (enc.dtype.bits - 2)
+    wide = (1 << (enc.dtype.bits - 1)) - 1
+    scale = (np.asarray(enc.scale, np.float64) * wide / (half - 1)).astype(np.float32)
+    return Encoding(scale, enc.zero_point, enc.dtype, enc.granularity, -half, half - 1, symmetric=True)
 
 
 def _key(name: str) -> str:

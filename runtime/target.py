@@ -66,6 +66,9 @@ class TensorQuant:
     scheme: Scheme
     granularity: Granularity = "per_tensor"
     block_size: int | None = None  # per_block only: blocks of this many inputs along the reduction axis
+    # Quantize to one bit less than the dtype holds (ONNX Runtime's ``reduce_range``): symmetric int8
+    # weights in [-64, 63]. What x86 without VNNI needs so that u8 x s8 pair sums never saturate int16.
+    reduce_range: bool = False
 
     @property
     def qtype(self) -> QType:
@@ -85,6 +88,9 @@ class TensorQuant:
             _fail(error, f"{path}.block_size", f"only per_block takes a block_size, found granularity {self.granularity!r}")
         if t.bits > 16:
             _fail(error, f"{path}.dtype", f"activations and weights are 4, 8 or 16 bit, found {self.dtype!r}")
+        if self.reduce_range and not (t.signed and self.scheme in ("symmetric", "strict_symmetric")):
+            _fail(error, f"{path}.reduce_range", f"reduce_range needs a signed symmetric dtype, found "
+                  f"{self.dtype!r} {self.scheme!r}")
 
 
 @dataclass(frozen=True)

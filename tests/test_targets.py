@@ -179,3 +179,5 @@ def test_wheel_ships_targets(tmp_path):
     for n in REQUIRED:
         assert f"hwsim_targets/{n}.toml" in names, names
     assert "runtime/target.py" in names and "hwsim/cli.py" in names
+    assert "runtime/ops/mac.py" in names and "runtime/kernels/mac.py" in names
+    assert "hwsim/checkpoints/digits-separable.pt" in names and "hwsim/checkpoints/digits-residual.pt" in names
