@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import hwsim
 import runtime
+import runtime.errors
 from hwsim.export import build
 from runtime.target import load_target
 
@@ -75,6 +76,11 @@ def test_exact_equals_runtime_random_nets(tmp_path_factory, c, k, stride, target
     model = randomize_bn(ResDW(c=c, k=k, stride=stride), seed)
     x = (torch.rand(6, 1, 10, 10) + shift) * scale
     sim = _calibrated(model, target, x)
+    try:
+        build(sim)
+    except runtime.errors.EncodingError as e:  # int64 bias of a dead channel: ONNX QDQ cannot hold it
+        assert "32 bits" in str(e) and load_target(target).arithmetic.bias.dtype == "int64"
+        assume(False)
     _check_exact_equals_runtime(sim, x, tmp_path_factory.mktemp("m"))
 
 
