@@ -198,6 +198,9 @@ class _Lowering:
             elif f is F.hardtanh:
                 self.emit(node, "Clip", [node.args[0]], min=float(_arg(node, 1, "min_val", -1.0)),
                           max=float(_arg(node, 2, "max_val", 1.0)))
+            elif f is torch.reshape:
+                shp = self.shapes.get(node.name)
+                self.emit(node, "Reshape", [node.args[0]], shape=(-1,) + tuple(shp[1:]))
             elif f is torch.flatten:
                 self._flatten(node, node.args[0], _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
             elif f is torch.cat:
@@ -266,7 +269,10 @@ def capture(model: nn.Module, example_inputs: tuple) -> Captured:
     inputs, outputs = [], []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            inputs.append(node.name)
+            inputs.append(str(node.target))  # the model's own input name (the ONNX name when imported)
+            low.alias[node.name] = str(node.target)
+            if node.name in shapes:
+                shapes[str(node.target)] = shapes[node.name]
         elif node.op == "output":
             res = node.args[0]
             res = list(res) if isinstance(res, (tuple, list)) else [res]
@@ -275,4 +281,13 @@ def capture(model: nn.Module, example_inputs: tuple) -> Captured:
             low.lower(node)
     used = set(outputs) | {i for op in low.ops for i in op.inputs}
     ops = [op for op in low.ops if op.output in used]
+    names = list(getattr(gm, "output_names", []) or [])
+    if len(names) == len(outputs):  # an imported ONNX model keeps its output names
+        ren = {o: n for o, n in zip(outputs, names) if o not in inputs}
+        for op in ops:
+            op.inputs = [ren.get(i, i) for i in op.inputs]
+            if op.output in ren:
+                shapes[ren[op.output]] = shapes.get(op.output, ())
+                op.output = ren[op.output]
+        outputs = [ren.get(o, o) for o in outputs]
     return Captured(ops, inputs, outputs, shapes, dict(gm.named_modules()), folded)

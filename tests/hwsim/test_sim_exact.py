@@ -165,3 +165,23 @@ def test_unsupported_module_is_refused_with_its_name():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GELU())
     with pytest.raises(runtime.HwsimError, match="GELU"):
         hwsim.simulate(model, "dsp-int8", torch.zeros(1, 1, 5, 5))
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("target", ["dsp-int8", "npu-w4a8", "ort-cpu-avx2"])
+def test_imported_onnx_model_zoo_mnist8_exact_equals_runtime(shared_data, target, tmp_path):
+    """The model-zoo float mnist-8 imported natively (torch.fx from ONNX nodes), simulated and exported:
+    its inputs and outputs keep their ONNX names, and exact mode equals the integer runtime."""
+    import gzip
+
+    def idx(path):
+        b = gzip.open(path).read()
+        nd = b[3]
+        dims = [int.from_bytes(b[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
+        return np.frombuffer(b, np.uint8, offset=4 + 4 * nd).reshape(dims)
+
+    x = torch.from_numpy(idx(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz")[:64].astype(np.float32)[:, None])
+    sim = hwsim.simulate(shared_data / "onnx" / "mnist-8" / "model.onnx", target, x[:1])
+    assert sim.input_names == ["Input3"] and sim.output_names == ["Plus214_Output_0"]
+    sim.calibrate([x[:32], x[32:]], progress=False)
+    _check_exact_equals_runtime(sim, x, tmp_path)
