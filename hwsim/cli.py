@@ -130,6 +130,127 @@ def cmd_run(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# hwsim quantize / compare
+# ------------------------------------------------------------------------------------------------
+def _load_model(spec: str, checkpoint: str | None):
+    """MODEL: a float ONNX file, or ``package.module:Factory`` (a torch.nn.Module class or function
+    importable from the current environment) with an optional ``--checkpoint`` state dict."""
+    from pathlib import Path
+
+    if spec.endswith(".onnx") or Path(spec).is_file():
+        if not Path(spec).is_file():
+            raise HwsimError(f"{spec}: model file not found")
+        return spec
+    if ":" not in spec:
+        raise HwsimError(f"{spec}: expected a float .onnx file or 'package.module:ModelClass'")
+    import importlib
+
+    import torch
+
+    mod, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise HwsimError(f"{spec}: cannot import the model class: {e}") from None
+    model = factory()
+    if checkpoint:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except Exception as e:
+            raise HwsimError(f"{checkpoint}: cannot load the checkpoint into {spec}: {e}") from None
+    return model.eval()
+
+
+def _sim_from_args(args, data_path):
+    import numpy as np
+    import torch
+
+    from hwsim.data import read_inputs
+    from hwsim.sim import simulate
+
+    model = _load_model(args.model, getattr(args, "checkpoint", None))
+    if isinstance(model, str):
+        from hwsim.onnx_import import import_onnx
+
+        model = import_onnx(model)
+        names = list(model.input_names)
+    else:
+        names = None
+    if names is None:
+        import torch.fx as fx
+
+        names = [n.target for n in fx.symbolic_trace(model).graph.nodes if n.op == "placeholder"]
+    if len(names) != 1:
+        raise HwsimError(f"{args.model}: models with {len(names)} inputs are not supported by this command yet")
+    feeds = read_inputs(data_path, names)
+    x = np.ascontiguousarray(feeds[names[0]], np.float32)
+    if len(x) == 0:
+        raise HwsimError(f"{data_path}: the data set is empty")
+    sim = simulate(model, args.target, torch.from_numpy(x[:1]))
+    return sim, x
+
+
+def cmd_quantize(args) -> int:
+    import torch
+
+    sim, x = _sim_from_args(args, args.calib)
+    bs = args.batch_size
+    sim.calibrate([torch.from_numpy(x[i:i + bs]) for i in range(0, len(x), bs)], scheme=args.scheme,
+                  weight_scheme=args.weight_scheme, progress=not args.json)
+    paths = sim.export(args.out, args.name, encodings_version=args.encodings_version)
+    summary = {"target": sim.target.name, "calibration_samples": int(len(x)), "scheme": args.scheme,
+               "files": {k: str(v) for k, v in paths.items()}, "quantized_tensors": len(sim.encodings())}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"quantized {args.model} for {sim.target.name} ({len(x)} calibration samples, {args.scheme}); wrote:")
+        for k, v in paths.items():
+            print(f"  {v}")
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    import torch
+
+    from hwsim.compare import compare, plot
+    from hwsim.data import read_inputs, read_labels
+
+    sim, x = _sim_from_args(args, args.data)
+    calib = x
+    if args.calib:
+        calib = next(iter(read_inputs(args.calib, sim.input_names).values())).astype("float32")
+    bs = args.batch_size
+    sim.calibrate([torch.from_numpy(calib[i:i + bs]) for i in range(0, len(calib), bs)], scheme=args.scheme,
+                  progress=not args.json)
+    labels = read_labels(args.labels, len(x)) if args.labels else None
+    report = compare(sim, x, labels, batch_size=bs, progress=not args.json)
+    if args.plot:
+        plot(report, args.plot)
+        report["plot"] = str(args.plot)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"{args.model} on {report['target']}, {report['samples']} samples")
+    if "accuracy" in report:
+        print("accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in report["accuracy"].items()))
+    print(f"top-1 agreement with the integer runtime: fast {report['fast_vs_integer']['top1_agreement']:.2%}, "
+          f"exact {report['exact_vs_integer']['top1_agreement']:.2%}, float {report['float_vs_integer']['top1_agreement']:.2%}")
+    print(f"exact-sim == integer on {report['exact_vs_integer']['identical_fraction']:.4%} of layer output elements; "
+          f"fast-sim within 1 LSB on {report['fast_vs_integer']['within_1lsb_fraction']:.4%} of Conv/Gemm outputs")
+    print(f"\n  {'layer':<28} {'op':<16} {'SQNR fast':>9} {'SQNR int':>9} {'|d|<=1':>8} {'ovf':>5} {'sat':>8}")
+    for r in report["layers"]:
+        h = r["lsb_hist"]
+        within = (h["-1"] + h["0"] + h["1"]) / max(sum(h.values()), 1)
+        f = lambda v: "inf" if v is None else f"{v:.1f}"  # noqa: E731
+        print(f"  {r['name'][:28]:<28} {r['op_type'][:16]:<16} {f(r['sqnr_fast_db']):>9} {f(r['sqnr_integer_db']):>9} "
+              f"{within:>8.2%} {r['overflow']:>5} {r['saturation']:>8}")
+    if args.plot:
+        print(f"\nplot: {args.plot}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
 # hwsim demo
 # ------------------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
@@ -157,6 +278,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help=".npz to write: outputs, plus NAME__int / NAME__float views")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("quantize", help="simulate, calibrate and export a float model for a target")
+    q.add_argument("model", help="float ONNX file, or package.module:ModelClass (with --checkpoint)")
+    q.add_argument("--target", required=True, help="built-in target name or target file")
+    q.add_argument("--calib", required=True, help="calibration data: .npz keyed by input name (or one array)")
+    q.add_argument("--out", required=True, help="output folder for <name>.onnx (QDQ), <name>_float.onnx, <name>.encodings")
+    q.add_argument("--name", default="model")
+    q.add_argument("--checkpoint", help="state dict for a torch model class")
+    q.add_argument("--scheme", default="minmax", choices=["minmax", "percentile", "mse", "tf_enhanced"],
+                   help="activation range setting")
+    q.add_argument("--weight-scheme", default="minmax", choices=["minmax", "percentile", "mse", "tf_enhanced"])
+    q.add_argument("--encodings-version", default="1.0.0", choices=["0.6.1", "1.0.0", "2.0.0"])
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quantize)
+
+    c = sub.add_parser("compare", help="float vs fast-sim vs exact-sim vs integer runtime, per layer")
+    c.add_argument("model", help="float ONNX file, or package.module:ModelClass (with --checkpoint)")
+    c.add_argument("--target", required=True)
+    c.add_argument("--data", required=True, help="evaluation data (.npz keyed by input name, or one array)")
+    c.add_argument("--labels", help=".npy of integer labels (accuracy)")
+    c.add_argument("--calib", help="calibration data (default: the evaluation data)")
+    c.add_argument("--checkpoint")
+    c.add_argument("--scheme", default="minmax", choices=["minmax", "percentile", "mse", "tf_enhanced"])
+    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--plot", help="write a PNG: per-layer SQNR and LSB-difference histograms")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="the main job on an embedded default, for every built-in target")
     d.add_argument("--json", action="store_true")
