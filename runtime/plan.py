@@ -275,8 +275,6 @@ def load(model, target) -> Program:
         p.set(vi.name, Val(kind, vi.name))
         inputs.append(TensorSpec(vi.name, dt))
     for name, arr in graph.initializers.items():
-        if arr.dtype.name in ("int4", "uint4"):  # 4-bit values live in 8-bit arrays inside the runtime
-            arr = arr.astype(np.int8 if arr.dtype.name == "int4" else np.uint8)
         p.set(name, Val("const", name, const=arr))
     for node in graph.nodes:
         if node.name in p.fused:

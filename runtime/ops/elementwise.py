@@ -164,3 +164,28 @@ def plan_concat(p: Planner, node):
                 requantize_step(p, f"{node.name}:in{i}", v.name, e, y, out, lo, hi) for i, (v, e) in enumerate(zip(vals, encs)))
     p.emit(ConcatStep(node.name, "Concat", tuple(v.name for v in vals), (out,), axis=axis, requants=rqs))
     p.set(out, Val(kind, out, y))
+
+
+@planner_op("QLinearConcat", domain="com.microsoft")
+def plan_qlinear_concat(p: Planner, node):
+    """com.microsoft QLinearConcat (Y_scale, Y_zp, (X, X_scale, X_zp)...): inputs whose encoding differs
+    from Y's are requantized to it (ONNX Runtime dequantizes and quantizes them), then concatenated."""
+    from .mac import _enc
+
+    y = _enc(p, node, 0, 1, "Y")
+    n_in = (len(node.inputs) - 2) // 3
+    if n_in < 1 or len(node.inputs) != 2 + 3 * n_in:
+        raise p.bad(node, f"expected Y_scale, Y_zero_point and triples (X, X_scale, X_zero_point), found "
+                    f"{len(node.inputs)} inputs")
+    names, rqs = [], []
+    out = node.outputs[0]
+    for i in range(n_in):
+        x = p.raw_int(node, 2 + 3 * i, f"input {i}")
+        if x.kind == "const":
+            raise p.refuse(node, "concatenating constants with run-time tensors is not supported")
+        e = _enc(p, node, 3 + 3 * i, 4 + 3 * i, f"X{i}")
+        names.append(x.name)
+        rqs.append(None if e == y else requantize_step(p, f"{node.name}:in{i}", x.name, e, y, out))
+    p.emit(ConcatStep(node.name, "QLinearConcat", tuple(names), (out,), axis=int(node.attr("axis")),
+                      requants=tuple(rqs)))
+    p.set(out, Val("int", out, y))

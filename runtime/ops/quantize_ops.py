@@ -132,6 +132,8 @@ def plan_dequantize(p: Planner, node):
     x = p.val(node, node.inputs[0])
     out = node.outputs[0]
     if x.kind == "const":
+        if x.const.dtype.name in ("int4", "uint4"):  # 4-bit values live in 8-bit arrays inside the runtime
+            x = Val("const", x.name, const=x.const.astype(np.int8 if x.const.dtype.name == "int4" else np.uint8))
         if not np.issubdtype(x.const.dtype, np.integer):
             raise p.bad(node, f"input {node.inputs[0]!r} must be an integer tensor, found {x.const.dtype}")
         enc = _q_params(p, node, x.const.ndim)
