@@ -222,14 +222,25 @@ class SimModel(nn.Module):
     # -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def calibrate(self, batches, scheme: str = "minmax", weight_scheme: str = "minmax", progress: bool = True,
-                  **observer_options) -> None:
+                  schemes: dict[str, str] | None = None, **observer_options) -> None:
         """Set every encoding: activations from observers streaming over ``batches`` (tensors, or
         tuples for several inputs) with ``scheme``; weights from the weight tensors (``weight_scheme``);
-        biases at ``s_x * s_w`` (int32). Shows progress unless ``progress=False``."""
-        from .ranges import make_observer
+        biases at ``s_x * s_w`` (int32). ``schemes`` overrides the scheme per tensor name (an
+        activation value, or ``<layer>.weight``). Shows progress unless ``progress=False``."""
+        from .ranges import SCHEMES, make_observer
 
+        schemes = dict(schemes or {})
+        known = {q.tensor_name for q in list(self.act_q.values()) + list(self.weight_q.values())}
+        for name, sc in schemes.items():
+            if name not in known:
+                raise HwsimError(f"calibrate: schemes names {name!r}, which is not a quantized tensor of this model "
+                                 f"(e.g. {sorted(known)[:5]})")
+            if sc not in SCHEMES:
+                raise HwsimError(f"calibrate: scheme {sc!r} for {name!r} is not one of {SCHEMES}")
+        self._weight_schemes = {k: v for k, v in schemes.items() if k.endswith(".weight")}
         for q in self.act_q.values():
-            q.observer = make_observer(scheme, q.qtype, q.scheme, name=q.tensor_name, **observer_options)
+            q.observer = make_observer(schemes.get(q.tensor_name, scheme), q.qtype, q.scheme, name=q.tensor_name,
+                                       **observer_options)
         it = batches
         if progress:
             from tqdm.auto import tqdm
@@ -264,7 +275,8 @@ class SimModel(nn.Module):
                 enc = encoding_from_tensor(w.detach().cpu().numpy(), wq.qtype, wq.scheme, wq.granularity)
             else:
                 axis = 0 if isinstance(wq.granularity, PerAxis) else None
-                obs = make_observer(scheme, wq.qtype, wq.scheme, axis=axis, name=wq.tensor_name)
+                sc = getattr(self, "_weight_schemes", {}).get(wq.tensor_name, scheme)
+                obs = make_observer(sc, wq.qtype, wq.scheme, axis=axis, name=wq.tensor_name)
                 obs.update(w.detach())
                 mn, mx = obs.compute()
                 enc = encoding_from_range(mn, mx, wq.qtype, wq.scheme, wq.granularity)

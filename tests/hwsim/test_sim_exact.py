@@ -185,3 +185,19 @@ def test_imported_onnx_model_zoo_mnist8_exact_equals_runtime(shared_data, target
     assert sim.input_names == ["Input3"] and sim.output_names == ["Plus214_Output_0"]
     sim.calibrate([x[:32], x[32:]], progress=False)
     _check_exact_equals_runtime(sim, x, tmp_path)
+
+
+def test_calibration_schemes_per_tensor_and_their_effect():
+    torch.manual_seed(3)
+    model = randomize_bn(ResDW())
+    x = torch.randn(32, 1, 8, 8)
+    x[0, 0, 0, 0] = 40.0  # one outlier in the input
+    sim = hwsim.simulate(model, "dsp-int8", x[:1])
+    sim.calibrate([x], progress=False)
+    s_minmax = float(sim.quantizer_of("x").encoding.scale)
+    sim.calibrate([x], progress=False, schemes={"x": "percentile", "c1.weight": "mse"}, percentile=99.9)
+    s_pct = float(sim.quantizer_of("x").encoding.scale)
+    assert s_pct < s_minmax / 4  # the outlier is clipped away
+    sim.calibrate([x], progress=False, scheme="tf_enhanced")
+    with pytest.raises(runtime.HwsimError, match="not a quantized tensor"):
+        sim.calibrate([x], progress=False, schemes={"nope": "mse"})
