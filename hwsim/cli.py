@@ -265,11 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("targets", help="list, show or check accelerator targets")
-    t.add_argument("action", nargs="?", choices=["list", "show", "check"], default="list")
-    t.add_argument("name", nargs="?", help="built-in target name or path of a target file")
+    t = sub.add_parser("targets", help="list, show, check or import accelerator targets")
     t.add_argument("--json", action="store_true", help="machine-readable output")
-    t.set_defaults(func=cmd_targets)
+    t.set_defaults(func=cmd_targets, action="list", name=None)
+    ts = t.add_subparsers(dest="targets_command")
+    for action, what in (("list", "list the built-in targets"), ("show", "print one target"),
+                         ("check", "validate a target file")):
+        a = ts.add_parser(action, help=what)
+        if action != "list":
+            a.add_argument("name", nargs="?", help="built-in target name or path of a target file")
+        a.add_argument("--json", action="store_true", help="machine-readable output")
+        a.set_defaults(func=cmd_targets, action=action)
+    from hwsim.cli_encodings import add_encodings_parser, add_targets_import_parser
+
+    add_targets_import_parser(ts)
+    add_encodings_parser(sub)
 
     r = sub.add_parser("run", help="run a quantized ONNX model on the integer runtime")
     r.add_argument("model", help="quantized ONNX model (QDQ or QOperator)")

@@ -171,6 +171,16 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
     return model
 
 
+def _aimet_expressible(enc: Encoding) -> Encoding:
+    """AIMET's files hold full-range or strict-symmetric grids: a reduced-range (7-bit in int8) weight
+    encoding is written with its dtype's full range; scale and zero point are unchanged, and the
+    integers in the QDQ model stay inside the reduced range."""
+    t = enc.dtype
+    if enc.symmetric and (enc.qmin, enc.qmax) not in ((t.qmin, t.qmax), (t.qmin + 1, t.qmax)):
+        return Encoding(enc.scale, enc.zero_point, t, enc.granularity, symmetric=True)
+    return enc
+
+
 def _bias32(enc: Encoding, values: np.ndarray, name: str) -> Encoding:
     """ONNX DequantizeLinear holds at most int32: an int64 bias (16x8 targets) is written as int32
     when every value fits, and refused otherwise."""
@@ -221,7 +231,7 @@ def export(sim, out_dir: Path, name: str, encodings_version: str = "1.0.0") -> d
         acts[alias] = sim.quantizer_of(src).encoding
     for q in list(sim.weight_q.values()) + list(sim.bias_q.values()):
         if q.encoding is not None:
-            params[q.tensor_name] = q.encoding
+            params[q.tensor_name] = _aimet_expressible(q.encoding)
     import json
 
     enc_doc = to_dict(EncodingsFile(activations=acts, params=params), encodings_version)
