@@ -67,10 +67,7 @@ def exact_group(sim, g, vals, stats) -> torch.Tensor:
     y_enc = sim.quantizer_of(g.output).encoding
     lo, hi = clamp_bounds(t, g.acts, y_enc)
     xs = [vals[i] for i in op.inputs]
-    dev = xs[0].device
     if op.op_type in ("Conv", "Gemm"):
-        from runtime.ops.mac import MacConfig  # noqa: F401  (same config rules as the runtime)
-
         w, zw, b = weight_integers(sim, g)
         wenc = sim.weight_q[g.name.replace(".", "_")].encoding
         if not (wenc.is_per_tensor or type(wenc.granularity).__name__ == "PerAxis"):
