@@ -54,7 +54,8 @@ def evaluate_target(model, target, x_cal, x_test, y_test, scheme: str = "minmax"
     }
 
 
-def run_demo(json_output: bool = False) -> int:
+def run_demo(json_output: bool = False, models: list[str] | None = None, targets: list[str] | None = None,
+             n_test: int | None = None) -> int:
     import torch
 
     from hwsim.digits import MODELS, load_digits_split, pretrained
@@ -64,12 +65,14 @@ def run_demo(json_output: bool = False) -> int:
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = load_digits_split()
     x_cal = x_train[:256]
-    targets = [n for n in builtin_names() if load_alias(n) is None]
+    if n_test:
+        x_test, y_test = x_test[:n_test], y_test[:n_test]
+    targets = targets or [n for n in builtin_names() if load_alias(n) is None]
     report = {"data": f"scikit-learn digits ({len(x_train)} train / {len(x_test)} test)", "models": {}}
     if not json_output:
         print(f"hwsim demo: {report['data']}; calibration on {len(x_cal)} training images; "
               "accuracy on the test images\n")
-    for name in MODELS:
+    for name in models or list(MODELS):
         model = pretrained(name, x_train, y_train)
         rows = []
         if not json_output:

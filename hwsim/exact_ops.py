@@ -32,7 +32,7 @@ def clamp_bounds(target, acts, enc: Encoding) -> tuple[int, int]:
 
 
 def _i64(a, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a, np.int64), device=device)
+    return torch.as_tensor(np.array(a, np.int64), device=device)
 
 
 def weight_integers(sim, g) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
