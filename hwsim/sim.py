@@ -71,7 +71,38 @@ class Quantizer(nn.Module):
     """One tensor's quantizer: its kind, integer type, scheme, granularity and (once set) encoding.
 
     ``scale`` and ``zero_point`` are buffers (float32 / int64) so that the simulation model moves
-    between devices with ``.to()``; ``encoding`` is the canonical runtime Encoding."""
+    between devices with ``.to()``; ``encoding`` is the canonical runtime Encoding.
+
+    Learned ranges (LSQ, Esser et al. 2020, "Learned Step Size Quantization"; the zero point as in
+    LSQ+, Bhalgat et al. 2020): :meth:`learn_range` turns the scale (and the zero point) into
+    parameters initialized from the encoding; the forward value stays the target's fake quantization
+    ``s * (clamp(round(x / s) + z, qmin, qmax) - z)`` exactly (the target's rounding, with the live
+    float32 scale and the rounded zero point), and only the gradient changes. With ``v = x / s`` and
+    the LSQ gradient scale ``g = 1 / sqrt(N * Qp)`` (``N`` elements per scale, per sample for
+    activations; ``Qp = max(qmax - z, z - qmin)``)::
+
+        inside  (qmin <= v + z <= qmax):  d/dx = 1,  d/ds = g * (round(v) - v),  d/dz = 0
+        outside (clamped to the bound b):  d/dx = 0,  d/ds = g * (b - z),          d/dz = -g * s
+
+    The scale is ``max(|p|, floor)`` with ``floor = s0 / 1024`` (``s0`` the initial scale), so it
+    stays positive whatever the optimizer does; the zero point is learned as a float in real units
+    (``z * s0``, so that one optimizer step size suits scale and zero point alike), rounded half to
+    even and clamped to ``[qmin, qmax]`` with a straight-through gradient. :meth:`sync_encoding`
+    writes the live values into ``encoding`` (float32 scale, int zero point), :meth:`freeze_range`
+    does that and ends learning. While the encoding is older than the learned values,
+    :meth:`quantize` and :meth:`dequantize` (exact mode, export) refuse to run.
+
+    >>> from runtime.encoding import Encoding
+    >>> q = Quantizer("t", "activation", "uint8", "asymmetric", PerTensor(), "half_to_even")
+    >>> q.set_encoding(Encoding(0.5, 10, "uint8")); q.learn_range()
+    >>> x = torch.tensor([0.25, 0.75, 200.0], requires_grad=True)
+    >>> y = q(x); y.detach().tolist()       # 0.5 and 1.5 are ties: half to even
+    [0.0, 1.0, 122.5]
+    >>> y.sum().backward(); x.grad.tolist()  # the last value is clamped at qmax
+    [1.0, 1.0, 0.0]
+    """
+
+    SCALE_FLOOR = 2.0 ** -10  # a learned scale never drops below this fraction of its initial value
 
     def __init__(self, name: str, kind: str, qtype, scheme: str, granularity, rounding: str):
         super().__init__()
@@ -88,10 +119,11 @@ class Quantizer(nn.Module):
         self.scale = torch.as_tensor(np.array(enc.scale, np.float32), device=dev)
         self.zero_point = torch.as_tensor(np.array(enc.zero_point, np.int64), device=dev)
 
-    def _params(self, x: torch.Tensor):
+    def _params(self, x: torch.Tensor, s: torch.Tensor | None = None, z: torch.Tensor | None = None):
         if self.encoding is None:
             raise HwsimError(f"tensor {self.tensor_name!r} has no encoding yet: call sim.calibrate(...) first")
-        s, z = self.scale, self.zero_point
+        s = self.scale if s is None else s
+        z = self.zero_point if z is None else z
         g = self.encoding.granularity
         if isinstance(g, PerAxis) and s.dim() == 1:
             shape = [1] * x.dim()
@@ -105,6 +137,7 @@ class Quantizer(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Integer values (int64) with the target's rounding."""
+        self.check_in_sync()
         if not torch.isfinite(x).all():
             raise DataError(f"tensor {self.tensor_name!r}: {int((~torch.isfinite(x)).sum())} NaN/Inf values cannot "
                             "be quantized")
@@ -112,13 +145,115 @@ class Quantizer(nn.Module):
         return X.quantize(x.detach(), s, z, self.encoding.qmin, self.encoding.qmax, self.rounding)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        self.check_in_sync()
         s, z = self._params(q)
         return X.dequantize(q, s, z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fake quantization with a straight-through gradient (identity inside the range)."""
+        """Fake quantization with a straight-through gradient (identity inside the range); with a
+        learned range, the LSQ gradients of the class docstring."""
+        if self.learning:
+            return self._learned_forward(x)
         fq = self.dequantize(self.quantize(x)).to(x.dtype)
-        return x + (fq - x).detach()
+        return fq + (x - x.detach())  # the value is fq exactly (x - x == 0), the gradient is 1
+
+    # ---- learned ranges ---------------------------------------------------------------------------
+    @property
+    def learning(self) -> bool:
+        """True while the scale is a trainable parameter (between learn_range and freeze_range)."""
+        return "learned_scale" in self._parameters
+
+    def learn_range(self, zero_point: bool | None = None) -> None:
+        """Make the scale trainable (``learned_scale``), and the zero point (``learned_zero_point``)
+        when ``zero_point`` is true (default: for the asymmetric scheme only), starting from the
+        current encoding. Idempotent."""
+        if self.encoding is None:
+            raise HwsimError(f"tensor {self.tensor_name!r} has no encoding to learn from: call sim.calibrate(...) "
+                             "first")
+        if self.kind == "bias":
+            raise HwsimError(f"tensor {self.tensor_name!r}: a bias scale is s_x * s_w, derived from the input and "
+                             "weight scales; learn those instead")
+        if self.learning:
+            return
+        if zero_point is None:
+            zero_point = self.scheme == "asymmetric"
+        s0 = self.scale.detach().to(torch.float32).clone()
+        self.register_buffer("scale_floor", s0 * self.SCALE_FLOOR)  # a power of two: exact
+        self.learned_scale = nn.Parameter(s0.clone())
+        if zero_point:
+            self.register_buffer("zero_point_unit", s0.clone())
+            self.learned_zero_point = nn.Parameter(self.zero_point.detach().to(torch.float32) * s0)
+
+    def _live(self):
+        """(scale, zero point as an integer-valued float, zero point with a straight-through gradient)."""
+        s = torch.maximum(self.learned_scale.abs(), self.scale_floor)
+        if "learned_zero_point" not in self._parameters:
+            z = self.zero_point.to(torch.float32)
+            return s, z, z
+        zf = self.learned_zero_point / self.zero_point_unit
+        z = torch.clamp(X.round_half(zf.detach(), "half_to_even"), self.encoding.qmin,
+                        self.encoding.qmax).to(torch.float32)
+        return s, z, zf + (z - zf).detach()
+
+    def range_encoding(self) -> Encoding:
+        """The Encoding of the live learned values (float32 scale, int64 zero point)."""
+        if not self.learning:
+            return self.encoding
+        s, z, _ = self._live()
+        e = self.encoding
+        return Encoding(s.detach().cpu().numpy().astype(np.float32), z.detach().cpu().numpy().astype(np.int64),
+                        e.dtype, e.granularity, e.qmin, e.qmax, symmetric=e.symmetric)
+
+    def sync_encoding(self) -> None:
+        """Write the learned values into ``encoding`` (and the buffers); learning goes on."""
+        if self.learning:
+            with torch.no_grad():
+                self.set_encoding(self.range_encoding())
+
+    def freeze_range(self) -> None:
+        """Write the learned values into ``encoding`` and make the range fixed again."""
+        if not self.learning:
+            return
+        self.sync_encoding()
+        for name in ("learned_scale", "learned_zero_point", "scale_floor", "zero_point_unit"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    def check_in_sync(self) -> None:
+        """Raise HwsimError if the range is learning and ``encoding`` is older than the learned values."""
+        if not self.learning or self.encoding is None:
+            return
+        s, z, _ = self._live()
+        if not (np.array_equal(s.detach().cpu().numpy(), self.encoding.scale)
+                and np.array_equal(z.detach().cpu().numpy().astype(np.int64), self.encoding.zero_point)):
+            raise HwsimError(f"tensor {self.tensor_name!r} is learning its range and its encoding is older than the "
+                             "learned values: call quantizer.qat.freeze_ranges(sim) (or sync_ranges(sim)) before "
+                             "exact mode, export or quantize()")
+
+    def _learned_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(x).all():
+            raise DataError(f"tensor {self.tensor_name!r}: {int((~torch.isfinite(x)).sum())} NaN/Inf values cannot "
+                            "be quantized")
+        e = self.encoding
+        s, z, z_ste = self._live()
+        sb, zb = self._params(x, s.detach(), z.detach())
+        q = X.quantize(x.detach(), sb, zb.to(torch.int64), e.qmin, e.qmax, self.rounding)
+        fq = X.dequantize(q, sb, zb.to(torch.int64)).to(x.dtype)
+        # the surrogate: its value is discarded (sur - sur.detach() == 0), its gradient is LSQ's
+        n = x.numel() // max(1, x.shape[0]) if self.kind == "activation" and x.dim() > 0 else x.numel() // s.numel()
+        g = torch.rsqrt(n * torch.clamp(torch.maximum(e.qmax - z, z - e.qmin), min=1.0)).detach()
+        sg, zg = self._params(x, _grad_scale(s, g), _grad_scale(z_ste, g))
+        v = x.detach().to(torch.float32) / sb
+        r = X.round_half(v, self.rounding).to(torch.float32)
+        inside = (v + zb >= e.qmin) & (v + zb <= e.qmax)
+        bound = torch.where(v + zb < e.qmin, float(e.qmin), float(e.qmax))
+        sur = torch.where(inside, x + (r - v) * sg, (bound - zg) * sg)
+        return fq + (sur - sur.detach()).to(x.dtype)
+
+
+def _grad_scale(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``t`` in value (approximately; used only inside gradient surrogates), ``g * dL/dt`` in gradient."""
+    return t * g + (t - t * g).detach()
 
 
 class SimModel(nn.Module):
@@ -355,14 +490,14 @@ class SimModel(nn.Module):
             corr = self._requant_correction(g, xs[0]) if fake else None
             if op.op_type == "Gemm":
                 y = F.linear(xs[0], w, b)
-                return y if corr is None else y * corr.reshape(1, -1)
+                return y if corr is None else self._pre_round(g, y * corr.reshape(1, -1), 1)
             pt, pl, pb, pr = a["pads"]
             x = xs[0]
             if (pt, pl) != (pb, pr):
                 x = F.pad(x, (pl, pr, pt, pb))
                 pt = pl = 0
             y = F.conv2d(x, w, b, a["strides"], (pt, pl), a["dilations"], a["group"])
-            return y if corr is None else y * corr.reshape(1, -1, 1, 1)
+            return y if corr is None else self._pre_round(g, y * corr.reshape(1, -1, 1, 1), 1)
         if op.op_type == "Add":
             return xs[0] + xs[1]
         if op.op_type == "Mul":
@@ -415,10 +550,32 @@ class SimModel(nn.Module):
         else:
             eff = rq.scales.astype(np.float64)
         corr = torch.as_tensor((eff / ideal).astype(np.float32))
+        # TFLite's double rounding: SRDHM rounds to 2^-(-e) of an output step (ties up) before
+        # RDBPOT's final rounding; fast mode repeats that first rounding (see _pre_round)
+        pre = None
+        if rq.form == "fixed_point" and rq.rounding == "double":
+            pre = torch.as_tensor(np.exp2(np.maximum(-rq.shifts, 0)).astype(np.float64))
         if not hasattr(self, "_corr_cache"):
             self._corr_cache = {}
         self._corr_cache[key] = (ck, corr)
+        self._pre_cache = getattr(self, "_pre_cache", {})
+        self._pre_cache[key] = (pre, float(np.float32(ye.scale)))
         return corr.to(x.device)
+
+    def _pre_round(self, g: Group, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """Fast mode's copy of the first rounding of TFLite's double-rounding requantization:
+        ``v = y / s_y`` rounded half up to multiples of ``2^e`` (``e < 0``, per channel), straight-through.
+        Then the output quantizer's tie-away rounding plays RDBPOT. Without it, values whose real
+        quotient lies just below a tie differ by one step from the integer pipeline."""
+        pre, s_y = getattr(self, "_pre_cache", {}).get(_key(g.name), (None, None))
+        if pre is None:
+            return y
+        shape = [1] * y.dim()
+        shape[channel_dim] = -1
+        k = pre.to(y.device).reshape(shape)
+        v = y.detach().to(torch.float64) / s_y
+        r = (torch.floor(v * k + 0.5) / k * s_y).to(y.dtype)
+        return y + (r - y).detach()
 
     # ---- exact ----------------------------------------------------------------------------------
     @torch.no_grad()
