@@ -94,6 +94,9 @@ def _float_name(value: str, outputs: list[str], qdq: bool) -> str:
 def build(sim, qdq: bool = True) -> onnx.ModelProto:
     import torch
 
+    for q in list(sim.act_q.values()) + list(sim.weight_q.values()):
+        if hasattr(q, "check_in_sync"):
+            q.check_in_sync()  # learned ranges newer than their encodings are refused (freeze or sync first)
     b = _Builder(sim, qdq)
     outs = sim.output_names
     graph_inputs = []

@@ -84,13 +84,16 @@ class Quantizer(nn.Module):
         inside  (qmin <= v + z <= qmax):  d/dx = 1,  d/ds = g * (round(v) - v),  d/dz = 0
         outside (clamped to the bound b):  d/dx = 0,  d/ds = g * (b - z),          d/dz = -g * s
 
-    The scale is ``max(|p|, floor)`` with ``floor = s0 / 1024`` (``s0`` the initial scale), so it
-    stays positive whatever the optimizer does; the zero point is learned as a float in real units
-    (``z * s0``, so that one optimizer step size suits scale and zero point alike), rounded half to
-    even and clamped to ``[qmin, qmax]`` with a straight-through gradient. :meth:`sync_encoding`
-    writes the live values into ``encoding`` (float32 scale, int zero point), :meth:`freeze_range`
-    does that and ends learning. While the encoding is older than the learned values,
-    :meth:`quantize` and :meth:`dequantize` (exact mode, export) refuse to run.
+    The parameters are dimensionless, so that one optimizer step size (Adam's steps are about the
+    learning rate in parameter units) moves every range by the same fraction whatever its magnitude:
+    ``s = s0 * max(|p_s|, 1/1024)`` (``s0`` the initial scale, ``p_s`` starts at 1), which stays
+    positive whatever the optimizer does; ``z = round(p_z * (qmax - qmin))`` (the zero point as a
+    fraction of the integer range), rounded half to even and clamped to ``[qmin, qmax]``, with a
+    straight-through gradient. :meth:`sync_encoding` writes the live values into ``encoding`` (float32
+    scale, int zero point), :meth:`freeze_range` does that and ends learning. While the encoding is
+    older than the learned values, :meth:`quantize` and :meth:`dequantize` (exact mode, export)
+    refuse to run; :meth:`set_encoding` with another encoding (e.g. a new calibration) while
+    learning restarts learning from it.
 
     >>> from runtime.encoding import Encoding
     >>> q = Quantizer("t", "activation", "uint8", "asymmetric", PerTensor(), "half_to_even")
@@ -118,6 +121,16 @@ class Quantizer(nn.Module):
         dev = self.scale.device
         self.scale = torch.as_tensor(np.array(enc.scale, np.float32), device=dev)
         self.zero_point = torch.as_tensor(np.array(enc.zero_point, np.int64), device=dev)
+        if self.learning and not self._in_sync():  # a new encoding from outside: learn from it
+            with torch.no_grad():
+                if self.scale_unit.shape != self.scale.shape:
+                    raise HwsimError(f"tensor {self.tensor_name!r} is learning a scale of shape "
+                                     f"{tuple(self.scale_unit.shape)}; the new encoding's scale has shape "
+                                     f"{tuple(self.scale.shape)}: call freeze_range() first")
+                self.scale_unit.copy_(self.scale)
+                self.learned_scale.fill_(1.0)
+                if "learned_zero_point" in self._parameters:
+                    self.learned_zero_point.copy_(self.zero_point.to(torch.float32) / float(enc.qmax - enc.qmin))
 
     def _params(self, x: torch.Tensor, s: torch.Tensor | None = None, z: torch.Tensor | None = None):
         if self.encoding is None:
@@ -164,7 +177,8 @@ class Quantizer(nn.Module):
         return "learned_scale" in self._parameters
 
     def learn_range(self, zero_point: bool | None = None) -> None:
-        """Make the scale trainable (``learned_scale``), and the zero point (``learned_zero_point``)
+        """Make the scale trainable (``learned_scale``, relative to the current scale), and the zero
+        point (``learned_zero_point``, as a fraction of ``qmax - qmin``)
         when ``zero_point`` is true (default: for the asymmetric scheme only), starting from the
         current encoding. Idempotent."""
         if self.encoding is None:
@@ -178,19 +192,19 @@ class Quantizer(nn.Module):
         if zero_point is None:
             zero_point = self.scheme == "asymmetric"
         s0 = self.scale.detach().to(torch.float32).clone()
-        self.register_buffer("scale_floor", s0 * self.SCALE_FLOOR)  # a power of two: exact
-        self.learned_scale = nn.Parameter(s0.clone())
+        self.register_buffer("scale_unit", s0)
+        self.learned_scale = nn.Parameter(torch.ones_like(s0))  # s = s0 * |p|: exactly s0 at the start
         if zero_point:
-            self.register_buffer("zero_point_unit", s0.clone())
-            self.learned_zero_point = nn.Parameter(self.zero_point.detach().to(torch.float32) * s0)
+            span = float(self.encoding.qmax - self.encoding.qmin)
+            self.learned_zero_point = nn.Parameter(self.zero_point.detach().to(torch.float32) / span)
 
     def _live(self):
         """(scale, zero point as an integer-valued float, zero point with a straight-through gradient)."""
-        s = torch.maximum(self.learned_scale.abs(), self.scale_floor)
+        s = self.scale_unit * torch.clamp(self.learned_scale.abs(), min=self.SCALE_FLOOR)
         if "learned_zero_point" not in self._parameters:
             z = self.zero_point.to(torch.float32)
             return s, z, z
-        zf = self.learned_zero_point / self.zero_point_unit
+        zf = self.learned_zero_point * float(self.encoding.qmax - self.encoding.qmin)
         z = torch.clamp(X.round_half(zf.detach(), "half_to_even"), self.encoding.qmin,
                         self.encoding.qmax).to(torch.float32)
         return s, z, zf + (z - zf).detach()
@@ -215,17 +229,20 @@ class Quantizer(nn.Module):
         if not self.learning:
             return
         self.sync_encoding()
-        for name in ("learned_scale", "learned_zero_point", "scale_floor", "zero_point_unit"):
+        for name in ("learned_scale", "learned_zero_point", "scale_unit"):
             if hasattr(self, name):
                 delattr(self, name)
 
+    def _in_sync(self) -> bool:
+        if not self.learning or self.encoding is None:
+            return True
+        s, z, _ = self._live()
+        return (np.array_equal(s.detach().cpu().numpy(), self.encoding.scale)
+                and np.array_equal(z.detach().cpu().numpy().astype(np.int64), self.encoding.zero_point))
+
     def check_in_sync(self) -> None:
         """Raise HwsimError if the range is learning and ``encoding`` is older than the learned values."""
-        if not self.learning or self.encoding is None:
-            return
-        s, z, _ = self._live()
-        if not (np.array_equal(s.detach().cpu().numpy(), self.encoding.scale)
-                and np.array_equal(z.detach().cpu().numpy().astype(np.int64), self.encoding.zero_point)):
+        if not self._in_sync():
             raise HwsimError(f"tensor {self.tensor_name!r} is learning its range and its encoding is older than the "
                              "learned values: call quantizer.qat.freeze_ranges(sim) (or sync_ranges(sim)) before "
                              "exact mode, export or quantize()")
