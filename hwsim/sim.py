@@ -591,7 +591,13 @@ class SimModel(nn.Module):
         shape[channel_dim] = -1
         k = pre.to(y.device).reshape(shape)
         v = y.detach().to(torch.float64) / s_y
-        r = (torch.floor(v * k + 0.5) / k * s_y).to(y.dtype)
+        v1 = torch.floor(v * k + 0.5) / k
+        # an exact tie after the first rounding goes away from zero (RDBPOT); nudge it by half a
+        # first-rounding step so that the output quantizer's float32 division cannot break it
+        a = v1.abs()
+        tie = (a - torch.floor(a)) == 0.5
+        v1 = torch.where(tie, v1 + torch.sign(v1) * 0.5 / k, v1)
+        r = (v1 * s_y).to(y.dtype)
         return y + (r - y).detach()
 
     # ---- exact ----------------------------------------------------------------------------------
