@@ -169,14 +169,20 @@ def _scaled_diff(d, m, ls, single):
 
 
 @jit
+def _row_max(x, i):
+    mx = np.int64(x[i, 0])
+    for c in range(1, x.shape[1]):
+        v = np.int64(x[i, c])
+        if v > mx:
+            mx = v
+    return mx
+
+
+@jit
 def _softmax_fixed_point_rows(x, m, ls, single, diff_min, out_bits, type_min, type_max, out):
     rows, depth = x.shape
     for i in range(rows):
-        mx = np.int64(x[i, 0])
-        for c in range(1, depth):
-            v = np.int64(x[i, c])
-            if v > mx:
-                mx = v
+        mx = _row_max(x, i)
         total = np.int64(0)
         for c in range(depth):
             d = np.int64(x[i, c]) - mx
@@ -300,11 +306,7 @@ def ort_output_multiplier(y_scale) -> np.float32:
 def _softmax_f32_rows(x, table, y_mult, zero_point, signed, out):
     rows, depth = x.shape
     for i in range(rows):
-        mx = np.int64(x[i, 0])
-        for c in range(1, depth):
-            v = np.int64(x[i, c])
-            if v > mx:
-                mx = v
+        mx = _row_max(x, i)
         s = np.float32(0.0)
         for c in range(depth):
             s = np.float32(s + table[255 + np.int64(x[i, c]) - mx])

@@ -55,3 +55,21 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
     return model.eval()
+
+
+def images(n: int, seed: int, size: int = 8) -> torch.Tensor:
+    """n single-channel size x size images in [0, 1), reproducible from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 1, size, size), generator=g)
+
+
+def small_calibrated_sim(target: str, n: int = 64):
+    """A ResDW(c=8, 5 classes) simulated on ``target`` and calibrated on n images (two halves)."""
+    import hwsim
+
+    torch.manual_seed(0)
+    model = randomize_bn(ResDW(c=8, classes=5), seed=1)
+    x = images(n, 2)
+    sim = hwsim.simulate(model, target, x[:1])
+    sim.calibrate([x[: n // 2], x[n // 2:]], progress=False)
+    return sim, x

@@ -19,22 +19,13 @@ from quantizer.adaround import (_Layer, _Rounding, adaround, beta_at, inverse_re
                                 rectified_sigmoid, round_regularizer)
 from runtime.errors import DataError, HwsimError
 
-from ..hwsim.sim_models import ResDW, randomize_bn
+from ..hwsim.sim_models import images, small_calibrated_sim, ResDW, randomize_bn
 
 SMALL_TARGETS = ["dsp-int8", "npu-int8-pc", "npu-w4a8"]  # per-tensor int8, per-channel int8, per-channel int4
 
 
-def _images(n: int, seed: int, size: int = 8) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand((n, 1, size, size), generator=g)
-
-
 def _small_sim(target: str):
-    torch.manual_seed(0)
-    model = randomize_bn(ResDW(c=8, classes=5), seed=1)
-    x = _images(64, 2)
-    sim = hwsim.simulate(model, target, x[:1])
-    sim.calibrate([x[:32], x[32:]], progress=False)
+    sim, x = small_calibrated_sim(target, 64)
     return sim, x
 
 
@@ -132,7 +123,7 @@ def test_first_layer_objective_on_all_positions_not_worse():
     w_near = wq.dequantize(wq.quantize(w_float))
     adaround(sim, [x], iterations=400, layers=[grp.name], max_rows=512, progress=False)
     w_ada = m.weight.detach()
-    xt = _images(128, 9)
+    xt = images(128, 9)
     xq = sim.quantizer_of(sim.input_names[0])(xt)
     pad = grp.head.attrs["pads"][0]
     target = F.relu(F.conv2d(xt, w_float, b_float, padding=pad))
@@ -180,7 +171,7 @@ def test_memory_bound(max_rows, cache_mb):
 
 def test_errors_name_what_is_wrong():
     model = randomize_bn(ResDW(c=4, classes=3), seed=1)
-    x = _images(8, 4)
+    x = images(8, 4)
     sim = hwsim.simulate(model, "npu-int8-pc", x[:1])
     with pytest.raises(HwsimError, match="calibrate"):
         adaround(sim, [x], iterations=1, progress=False)

@@ -27,7 +27,7 @@ from quantizer.qat import enable_range_learning, freeze_ranges, qat, range_param
 from runtime.encoding import Encoding, PerAxis, PerTensor, encoding_from_range
 from runtime.errors import DataError, HwsimError
 
-from ..hwsim.sim_models import ResDW, randomize_bn
+from ..hwsim.sim_models import ResDW, images, small_calibrated_sim
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,17 +39,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _images(n: int, seed: int, size: int = 8) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand((n, 1, size, size), generator=g)
-
-
 def _small_sim(target: str):
-    torch.manual_seed(0)
-    model = randomize_bn(ResDW(c=8, classes=5), seed=1)
-    x = _images(96, 2)
-    sim = hwsim.simulate(model, target, x[:1])
-    sim.calibrate([x[:48], x[48:]], progress=False)
+    sim, x = small_calibrated_sim(target, 96)
     with torch.no_grad():
         sim.mode = "float"
         y = sim(x).argmax(1)  # the float model's labels: QAT must learn to match them
@@ -249,7 +240,7 @@ def test_qat_then_freeze_exact_equals_integer_runtime(target):
             sx = sim.quantizer_of(g.head.inputs[0]).encoding.scale
             sb = np.float32(np.float64(sx) * sim.weight_q[k].encoding.scale.astype(np.float64))
             assert np.array_equal(np.broadcast_to(sim.bias_q[k].encoding.scale, sb.shape), sb), g.name
-    _check_exact_fast_runtime(sim, _images(40, 9))
+    _check_exact_fast_runtime(sim, images(40, 9))
 
 
 def test_a_users_own_training_loop_with_sync_and_freeze():
@@ -293,7 +284,7 @@ def test_fixed_range_qat_keeps_the_calibrated_encodings():
 def test_qat_refuses_bad_inputs():
     torch.manual_seed(0)
     model = ResDW(c=4, classes=3)
-    x = _images(8, 0)
+    x = images(8, 0)
     sim = hwsim.simulate(model, "dsp-int8", x[:1])
     with pytest.raises(HwsimError, match="calibrate"):
         qat(sim, [(x, torch.zeros(8, dtype=torch.int64))], progress=False)
