@@ -26,11 +26,12 @@ array([[ 3,  1],
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from ..errors import EncodingError, HwsimError
 from ..fixedpoint import (
     INT32_MAX, INT32_MIN, INT64_ACC_LIMIT, check_float32_scales, check_output_range,
-    mbqm_int64_scalar, mbqm_scalar, requant_f32_scalar,
+    mbqm_int64_scalar, mbqm_scalar,
 )
 from ..numba_config import jit
 
@@ -43,7 +44,7 @@ _DOMAIN = {
     "int64": (-31, 7, -INT64_ACC_LIMIT + 1, INT64_ACC_LIMIT - 1),
 }
 
-__all__ = ["requantize_fixed_point", "requantize_float32", "ROUNDINGS"]
+__all__ = ["requantize_fixed_point", "requantize_float32", "requantize_float32_counted", "ROUNDINGS"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,33 +73,84 @@ def _requantize_fixed_point_kernel(acc, multipliers, shifts, zero_point, qmin, q
                 out[o, c, i] = y
 
 
-@jit
-def _requantize_float32_kernel(acc, scales, zero_point, qmin, qmax, out):
+@jit(parallel=True)
+def _requantize_float32_kernel(acc, scales, zero_point, qmin, qmax, cmin, cmax, out):
+    """The arithmetic of :func:`runtime.fixedpoint.requant_f32_scalar`, vectorized, into out's dtype;
+    returns (min of acc, max of acc, number of unclamped results outside [cmin, cmax]) so that the
+    wrapper checks the int32 domain without another pass (out is only used when it holds).
+
+    Per element: r = rint(float32(int32(acc)) * scale) (float32; the conversion is exact inside the
+    int32 domain); v = r + zp in float64 (exact: integers below 2^33); out = clamp(v, qmin, qmax).
+    This equals the scalar's compare-then-return form (rounding first, integer bounds)."""
     n_outer, n_ch, n_inner = acc.shape
     per_channel = scales.shape[0] > 1
-    for c in range(n_ch):
-        s = scales[c if per_channel else 0]
-        for o in range(n_outer):
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
+    c_lo = np.float64(cmin)
+    c_hi = np.float64(cmax)
+    zf = np.float64(zero_point)
+    a_min = acc[0, 0, 0]
+    a_max = acc[0, 0, 0]
+    n_out = 0
+    if n_inner == 1:  # channels last (a MatMul's output columns): vectorize over channels
+        for o in prange(n_outer):
+            src = acc[o, :, 0]
+            dst = out[o, :, 0]
+            mn = src[0]
+            mx = src[0]
+            cnt = 0
+            for c in range(n_ch):
+                v = src[c]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                y = np.float64(np.rint(np.float32(np.int32(v)) * scales[c if per_channel else 0])) + zf
+                cnt += (y < c_lo) | (y > c_hi)
+                dst[c] = min(max(y, lo), hi)
+            a_min = min(a_min, mn)
+            a_max = max(a_max, mx)
+            n_out += cnt
+    else:
+        for oc in prange(n_outer * n_ch):
+            o = oc // n_ch
+            c = oc % n_ch
+            s = scales[c if per_channel else 0]
+            src = acc[o, c]
+            dst = out[o, c]
+            mn = src[0]
+            mx = src[0]
+            cnt = 0
             for i in range(n_inner):
-                out[o, c, i] = requant_f32_scalar(acc[o, c, i], s, zero_point, qmin, qmax)
+                v = src[i]
+                mn = min(mn, v)
+                mx = max(mx, v)
+                y = np.float64(np.rint(np.float32(np.int32(v)) * s)) + zf
+                cnt += (y < c_lo) | (y > c_hi)
+                dst[i] = min(max(y, lo), hi)
+            a_min = min(a_min, mn)
+            a_max = max(a_max, mx)
+            n_out += cnt
+    return a_min, a_max, n_out
 
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers
 # ---------------------------------------------------------------------------------------------
-def _check_acc(acc, lo: int, hi: int, func: str) -> np.ndarray:
+def _check_acc(acc, lo: int, hi: int, func: str, check_range: bool = True) -> np.ndarray:
     arr = np.asarray(acc)
     if not np.issubdtype(arr.dtype, np.integer):
         raise HwsimError(f"{func}: acc must be an integer array (int32/int64 accumulators), found dtype {arr.dtype}")
     if arr.dtype == np.uint64 and arr.size and int(arr.max()) > hi:
         raise HwsimError(f"{func}: acc must lie in [{lo}, {hi}], found max {int(arr.max())}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
-    if arr.size:
-        amin, amax = int(arr.min()), int(arr.max())
-        if amin < lo or amax > hi:
-            raise HwsimError(
-                f"{func}: acc must lie in [{lo}, {hi}] for this requantization, found values in [{amin}, {amax}]")
+    if arr.size and check_range:
+        _check_range(int(arr.min()), int(arr.max()), lo, hi, func)
     return arr
+
+
+def _check_range(amin: int, amax: int, lo: int, hi: int, func: str) -> None:
+    if amin < lo or amax > hi:
+        raise HwsimError(
+            f"{func}: acc must lie in [{lo}, {hi}] for this requantization, found values in [{amin}, {amax}]")
 
 
 def _channel_params(name: str, values, func: str) -> np.ndarray:
@@ -194,13 +246,47 @@ def requantize_float32(acc, scales, axis, zero_point: int, qmin: int, qmax: int)
     >>> requantize_float32(np.array([1, 3, 5, -1, -3]), np.float32([0.5]), None, 0, -128, 127)
     array([ 0,  2,  2,  0, -2], dtype=int32)
     """
-    fn = "requantize_float32"
-    acc64 = _check_acc(acc, INT32_MIN, INT32_MAX, fn)
+    out, _ = _requantize_float32(acc, scales, axis, zero_point, qmin, qmax, qmin, qmax, np.int32,
+                                 "requantize_float32")
+    return out
+
+
+def requantize_float32_counted(acc, scales, axis, zero_point: int, qmin: int, qmax: int, count_min: int,
+                               count_max: int, out_dtype) -> tuple[np.ndarray, int]:
+    """:func:`requantize_float32` in one pass that also counts saturation and writes the storage type:
+    ``(clamp(v, qmin, qmax) as out_dtype, number of elements with v outside [count_min, count_max])``
+    with ``v = rint_half_even(float32(acc) * scale[c]) + zp`` unclamped. For an integer op:
+    ``qmin, qmax`` = the fused-activation clamp, ``count_min, count_max`` = the output dtype's range
+    (what saturation counts), ``out_dtype`` = the output's numpy storage type holding [qmin, qmax].
+
+    >>> y, n = requantize_float32_counted(np.array([1, 3, 300, -3]), np.float32([0.5]), None, 0, 0, 127,
+    ...                                   -128, 127, np.int8)
+    >>> y, n
+    (array([  0,   2, 127,   0], dtype=int8), 1)
+    """
+    fn = "requantize_float32_counted"
+    out_dtype = np.dtype(out_dtype)
+    if not np.issubdtype(out_dtype, np.integer):
+        raise HwsimError(f"{fn}: out_dtype must be an integer type, found {out_dtype}")
+    info = np.iinfo(out_dtype)
+    if int(qmin) < info.min or int(qmax) > info.max:
+        raise EncodingError(f"{fn}: the clamp [{qmin}, {qmax}] does not fit out_dtype {out_dtype} "
+                            f"[{info.min}, {info.max}]")
+    return _requantize_float32(acc, scales, axis, zero_point, qmin, qmax, count_min, count_max, out_dtype, fn)
+
+
+def _requantize_float32(acc, scales, axis, zero_point, qmin, qmax, count_min, count_max, out_dtype, fn):
+    acc64 = _check_acc(acc, INT32_MIN, INT32_MAX, fn, check_range=False)  # the kernel reports the range
     sc = _channel_params("scales", scales, fn)
     sc = check_float32_scales(sc, fn)
     zp, lo, hi = check_output_range(zero_point, qmin, qmax, fn)
+    c_lo, c_hi = int(count_min), int(count_max)
     acc3, _ = _to_3d(acc64, sc.size, axis, fn)
-    out = np.empty(acc3.shape, dtype=np.int32)
-    with np.errstate(over="ignore"):  # only matters under NUMBA_DISABLE_JIT=1: inf products are clamped
-        _requantize_float32_kernel(acc3, sc, np.int64(zp), np.int64(lo), np.int64(hi), out)
-    return out.reshape(acc64.shape)
+    out = np.empty(acc3.shape, dtype=out_dtype)
+    n_out = 0
+    if acc3.size:
+        with np.errstate(over="ignore", invalid="ignore"):  # NUMBA_DISABLE_JIT=1 only: inf products are clamped
+            amin, amax, n_out = _requantize_float32_kernel(acc3, sc, np.int64(zp), np.int64(lo), np.int64(hi),
+                                                           np.int64(c_lo), np.int64(c_hi), out)
+        _check_range(int(amin), int(amax), INT32_MIN, INT32_MAX, fn)
+    return out.reshape(acc64.shape), int(n_out)
