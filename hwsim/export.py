@@ -92,8 +92,6 @@ def _float_name(value: str, outputs: list[str], qdq: bool) -> str:
 
 
 def build(sim, qdq: bool = True) -> onnx.ModelProto:
-    import torch
-
     for q in list(sim.act_q.values()) + list(sim.weight_q.values()):
         if hasattr(q, "check_in_sync"):
             q.check_in_sync()  # learned ranges newer than their encodings are refused (freeze or sync first)
@@ -170,7 +168,6 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
                               producer_name="hwsim", producer_version=_version())
     model.ir_version = min(model.ir_version, 10)
     onnx.checker.check_model(model)
-    del torch
     return model
 
 

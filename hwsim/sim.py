@@ -276,7 +276,7 @@ def _grad_scale(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 class SimModel(nn.Module):
     """A model simulated on a target (see the module docstring)."""
 
-    def __init__(self, captured: Captured, target: Target, example_inputs: tuple):
+    def __init__(self, captured: Captured, target: Target):
         super().__init__()
         self.target = target
         self.cap = captured
@@ -467,7 +467,7 @@ class SimModel(nn.Module):
             res = [vals[o] for o in self.output_names]
         return res[0] if len(res) == 1 else tuple(res)
 
-    def _run_float(self, inputs, fake: bool = False, observe: bool = False, keep: bool = False) -> dict:
+    def _run_float(self, inputs, fake: bool = False, observe: bool = False) -> dict:
         if len(inputs) != len(self.input_names):
             raise HwsimError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                              f"found {len(inputs)}")
@@ -654,7 +654,7 @@ def simulate(model, target, example_inputs, mode: str = "fast") -> SimModel:
         model = import_onnx(model)
     ex = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     cap = capture(model, tuple(ex))
-    sim = SimModel(cap, t, tuple(ex))
+    sim = SimModel(cap, t)
     if mode not in MODES:
         raise HwsimError(f"mode must be one of {MODES}, found {mode!r}")
     sim.mode = mode
