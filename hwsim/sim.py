@@ -113,6 +113,7 @@ class Quantizer(nn.Module):
         self.granularity, self.rounding = granularity, rounding
         self.encoding: Encoding | None = None
         self.observer = None
+        self.enabled = True  # False: fast mode passes the tensor through in float (sensitivity analysis)
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int64))
 
@@ -164,7 +165,9 @@ class Quantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fake quantization with a straight-through gradient (identity inside the range); with a
-        learned range, the LSQ gradients of the class docstring."""
+        learned range, the LSQ gradients of the class docstring. A disabled quantizer is the identity."""
+        if not self.enabled:
+            return x
         if self.learning:
             return self._learned_forward(x)
         fq = self.dequantize(self.quantize(x)).to(x.dtype)
@@ -504,7 +507,7 @@ class SimModel(nn.Module):
                 w = self.weight_q[_key(op.name)](w)
                 if b is not None:
                     b = self.bias_q[_key(op.name)](b)
-            corr = self._requant_correction(g, xs[0]) if fake else None
+            corr = self._requant_correction(g, xs[0]) if fake and self._fully_quantized(g) else None
             if op.op_type == "Gemm":
                 y = F.linear(xs[0], w, b)
                 return y if corr is None else self._pre_round(g, y * corr.reshape(1, -1), 1)
@@ -535,6 +538,13 @@ class SimModel(nn.Module):
         if op.op_type == "Concat":
             return torch.cat(xs, a["axis"])
         raise UnsupportedError(f"node {op.name!r}: {op.op_type} has no float implementation")
+
+    def _fully_quantized(self, g: Group) -> bool:
+        """Input, weight and output quantizers of a MAC group all enabled (the requantization the
+        hardware performs exists only then)."""
+        k = _key(g.name)
+        return (self.weight_q[k].enabled and self.quantizer_of(g.output).enabled
+                and self.quantizer_of(g.head.inputs[0]).enabled)
 
     def _requant_correction(self, g: Group, x: torch.Tensor) -> torch.Tensor | None:
         """Per output channel, the ratio of the target's effective requantization multiplier to the
