@@ -191,22 +191,152 @@ def _sim_from_args(args, data_path):
     return sim, x
 
 
+def _held_out(args, sim, x):
+    """The held-out evaluation of ``--ptq``: (--eval-data, --eval-labels) when given, else the last
+    quarter of the calibration data (scored by output SQNR against float; it is then not calibrated on)."""
+    import numpy as np
+
+    from hwsim.data import read_inputs, read_labels
+    from quantizer.ptq import accuracy_score, sqnr_score
+
+    if getattr(args, "eval_data", None):
+        xv = np.ascontiguousarray(next(iter(read_inputs(args.eval_data, sim.input_names).values())), np.float32)
+        if args.eval_labels:
+            return x, accuracy_score(xv, read_labels(args.eval_labels, len(xv)), batch_size=args.batch_size)
+        return x, sqnr_score(xv, batch_size=args.batch_size)
+    if getattr(args, "eval_labels", None):
+        raise HwsimError("--eval-labels needs --eval-data")
+    if len(x) < 8:
+        raise HwsimError(f"{args.calib}: {len(x)} samples are too few to hold a quarter out for --ptq; pass --eval-data")
+    cut = len(x) - len(x) // 4
+    return x[:cut], sqnr_score(x[cut:], batch_size=args.batch_size)
+
+
+def _ptq_options(args) -> dict:
+    opts = {}
+    if getattr(args, "adaround_iterations", None) is not None:
+        opts["adaround"] = {"iterations": args.adaround_iterations}
+    return opts
+
+
+def _print_ptq(report) -> None:
+    from quantizer.ptq import format_report
+
+    print(f"PTQ ({report['mode']}: {', '.join(report['steps']) or 'nearest rounding only'}):")
+    print(format_report(report))
+
+
 def cmd_quantize(args) -> int:
     import torch
 
+    from quantizer.ptq import parse_steps, run_ptq
+
     sim, x = _sim_from_args(args, args.calib)
+    steps = parse_steps(args.ptq)
+    score = None
+    if steps:
+        x, score = _held_out(args, sim, x)
     bs = args.batch_size
-    sim.calibrate([torch.from_numpy(x[i:i + bs]) for i in range(0, len(x), bs)], scheme=args.scheme,
-                  weight_scheme=args.weight_scheme, progress=not args.json)
+    calib = [torch.from_numpy(x[i:i + bs]) for i in range(0, len(x), bs)]
+    sim.calibrate(calib, scheme=args.scheme, weight_scheme=args.weight_scheme, progress=not args.json)
+    report = None
+    if steps:
+        report = run_ptq(sim, calib, args.ptq, score, options=_ptq_options(args), progress=not args.json)
     paths = sim.export(args.out, args.name, encodings_version=args.encodings_version)
     summary = {"target": sim.target.name, "calibration_samples": int(len(x)), "scheme": args.scheme,
                "files": {k: str(v) for k, v in paths.items()}, "quantized_tensors": len(sim.encodings())}
+    if report is not None:
+        summary["ptq"] = report
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, default=_json_default))
     else:
+        if report is not None:
+            _print_ptq(report)
         print(f"quantized {args.model} for {sim.target.name} ({len(x)} calibration samples, {args.scheme}); wrote:")
         for k, v in paths.items():
             print(f"  {v}")
+    return EXIT_OK
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def cmd_qat(args) -> int:
+    import numpy as np
+    import torch
+
+    import runtime
+    from hwsim.data import read_inputs, read_labels
+    from hwsim.export import build
+    from quantizer.ptq import accuracy_score, parse_steps, run_ptq
+    from quantizer.qat import qat
+
+    sim, x = _sim_from_args(args, args.data)
+    y = read_labels(args.labels, len(x))
+    if args.eval_data:
+        xv = np.ascontiguousarray(next(iter(read_inputs(args.eval_data, sim.input_names).values())), np.float32)
+        if not args.eval_labels:
+            raise HwsimError("hwsim qat: --eval-data needs --eval-labels (QAT is judged by accuracy)")
+        yv = read_labels(args.eval_labels, len(xv))
+    else:
+        xv, yv = x, y
+    bs = args.batch_size
+    calib = [torch.from_numpy(x[i:i + bs]) for i in range(0, min(len(x), args.calib_samples), bs)]
+    sim.calibrate(calib, scheme=args.scheme, progress=not args.json)
+    score = accuracy_score(xv, yv, batch_size=256)
+    report = {"target": sim.target.name, "train_samples": int(len(x)), "eval_samples": int(len(xv))}
+    if parse_steps(args.ptq):
+        report["ptq"] = run_ptq(sim, calib, args.ptq, score, options=_ptq_options(args), progress=not args.json)
+
+    def integer_accuracy():
+        prog = runtime.load(build(sim), sim.target)
+        out = np.concatenate([prog.run({sim.input_names[0]: xv[i:i + 256]})[sim.output_names[0]]
+                              for i in range(0, len(xv), 256)])
+        return float(np.mean(np.argmax(out, 1) == yv))
+
+    report["before"] = {"fast": score(sim)[0], "integer": integer_accuracy()}
+    gen = torch.Generator().manual_seed(args.seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    class Shuffled:  # re-iterable, a new order each epoch
+        def __len__(self):
+            return (len(xt) + bs - 1) // bs
+
+        def __iter__(self):
+            perm = torch.randperm(len(xt), generator=gen)
+            for i in range(0, len(xt), bs):
+                j = perm[i:i + bs]
+                yield xt[j], yt[j]
+
+    res = qat(sim, Shuffled(), epochs=args.epochs, lr=args.lr, learn_ranges=not args.fixed_ranges,
+              progress=not args.json)
+    report["qat"] = {"epochs": args.epochs, "lr": args.lr, "learned_ranges": not args.fixed_ranges,
+                     "losses": res["losses"], "seconds": res["seconds"]}
+    report["after"] = {"fast": score(sim)[0], "integer": integer_accuracy()}
+    paths = sim.export(args.out, args.name, encodings_version=args.encodings_version)
+    report["files"] = {k: str(v) for k, v in paths.items()}
+    if args.json:
+        print(json.dumps(report, indent=2, default=_json_default))
+        return EXIT_OK
+    if "ptq" in report:
+        _print_ptq(report["ptq"])
+    b, a = report["before"], report["after"]
+    print(f"QAT on {sim.target.name}: {args.epochs} epoch(s) over {len(x)} samples in {res['seconds']:.1f} s; "
+          f"loss {' -> '.join(f'{v:.4f}' for v in res['losses'])}")
+    print(f"accuracy on {len(xv)} evaluation samples: fast-sim {b['fast']:.2%} -> {a['fast']:.2%}, "
+          f"integer runtime {b['integer']:.2%} -> {a['integer']:.2%}")
+    print("wrote:")
+    for v in paths.values():
+        print(f"  {v}")
     return EXIT_OK
 
 
@@ -260,6 +390,16 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+def _add_ptq_arguments(p, default: str = "none") -> None:
+    p.add_argument("--ptq", default=default, metavar="STEPS",
+                   help="post-training steps: 'auto' (each of ranges, cle, bias-correction, adaround kept only where "
+                        "the held-out score improves), 'none', or a list like 'cle,bias-correction,adaround'")
+    p.add_argument("--eval-data", help="held-out data that scores --ptq steps (default: a quarter of the "
+                                       "calibration data, scored by output SQNR against float)")
+    p.add_argument("--eval-labels", help=".npy labels of --eval-data (score by top-1 accuracy, then SQNR)")
+    p.add_argument("--adaround-iterations", type=int, help="AdaRound iterations per layer (default 1000)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwsim", description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
@@ -301,8 +441,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--weight-scheme", default="minmax", choices=["minmax", "percentile", "mse", "tf_enhanced"])
     q.add_argument("--encodings-version", default="1.0.0", choices=["0.6.1", "1.0.0", "2.0.0"])
     q.add_argument("--batch-size", type=int, default=64)
+    _add_ptq_arguments(q)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)
+
+    a = sub.add_parser("qat", help="quantization-aware fine-tuning on labelled data, then export")
+    a.add_argument("model", help="float ONNX file, or package.module:ModelClass (with --checkpoint)")
+    a.add_argument("--target", required=True)
+    a.add_argument("--data", required=True, help="training data (.npz keyed by input name, or one array)")
+    a.add_argument("--labels", required=True, help=".npy of integer training labels")
+    a.add_argument("--out", required=True, help="output folder (as hwsim quantize)")
+    a.add_argument("--name", default="model")
+    a.add_argument("--checkpoint")
+    a.add_argument("--epochs", type=int, default=1)
+    a.add_argument("--lr", type=float, default=1e-4)
+    a.add_argument("--fixed-ranges", action="store_true", help="keep the calibrated ranges (default: learn them, LSQ)")
+    a.add_argument("--calib-samples", type=int, default=1024, help="training samples used for calibration")
+    a.add_argument("--scheme", default="minmax", choices=["minmax", "percentile", "mse", "tf_enhanced"])
+    a.add_argument("--encodings-version", default="1.0.0", choices=["0.6.1", "1.0.0", "2.0.0"])
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--seed", type=int, default=0)
+    _add_ptq_arguments(a, default="none")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_qat)
 
     c = sub.add_parser("compare", help="float vs fast-sim vs exact-sim vs integer runtime, per layer")
     c.add_argument("model", help="float ONNX file, or package.module:ModelClass (with --checkpoint)")

@@ -393,6 +393,8 @@ class SimModel(nn.Module):
             if sc not in SCHEMES:
                 raise HwsimError(f"calibrate: scheme {sc!r} for {name!r} is not one of {SCHEMES}")
         self._weight_schemes = {k: v for k, v in schemes.items() if k.endswith(".weight")}
+        self.calibration = {"scheme": scheme, "weight_scheme": weight_scheme, "schemes": schemes,
+                            **observer_options}  # what set the encodings: recalibrations reuse it
         for q in self.act_q.values():
             q.observer = make_observer(schemes.get(q.tensor_name, scheme), q.qtype, q.scheme, name=q.tensor_name,
                                        **observer_options)
@@ -415,9 +417,13 @@ class SimModel(nn.Module):
         self.set_weight_encodings(weight_scheme)
 
     @torch.no_grad()
-    def set_weight_encodings(self, scheme: str = "minmax") -> None:
-        """(Re)compute weight encodings from the current weights, and bias encodings from them."""
+    def set_weight_encodings(self, scheme: str | None = None) -> None:
+        """(Re)compute weight encodings from the current weights, and bias encodings from them
+        (``scheme``: default the one of the last :meth:`calibrate`, else minmax)."""
         from .ranges import make_observer
+
+        if scheme is None:
+            scheme = getattr(self, "calibration", {}).get("weight_scheme", "minmax")
 
         for g in self.groups:
             k = _key(g.name)
