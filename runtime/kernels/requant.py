@@ -44,7 +44,8 @@ _DOMAIN = {
     "int64": (-31, 7, -INT64_ACC_LIMIT + 1, INT64_ACC_LIMIT - 1),
 }
 
-__all__ = ["requantize_fixed_point", "requantize_float32", "requantize_float32_counted", "ROUNDINGS"]
+__all__ = ["requantize_fixed_point", "requantize_float32", "requantize_float32_counted", "requantize_accumulator",
+           "ROUNDINGS"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,3 +291,200 @@ def _requantize_float32(acc, scales, axis, zero_point, qmin, qmax, count_min, co
                                                            np.int64(c_lo), np.int64(c_hi), out)
         _check_range(int(amin), int(amax), INT32_MIN, INT32_MAX, fn)
     return out.reshape(acc64.shape), int(n_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# one pass from the raw accumulator to the stored output (what an integer MAC op runs)
+# ---------------------------------------------------------------------------------------------
+@jit
+def _row_float32(src, dst, scales, zf, lo, hi, c_lo, c_hi, a_lo, a_hi, wrap, mask):
+    """One row of :func:`requantize_accumulator` (float32 form), scale scales[i] (one per element) or
+    scales[0] (length 1); returns (min, max of the policy-applied sums, saturated, overflowed).
+    The policy is a select between the wrapped and the saturated value (both leave in-range values
+    unchanged), so that the loop has no branch and vectorizes."""
+    mn = np.int64(np.iinfo(np.int64).max)
+    mx = np.int64(np.iinfo(np.int64).min)
+    n_sat = 0
+    n_over = 0
+    if scales.shape[0] == 1:
+        s = scales[0]
+        for i in range(src.shape[0]):
+            raw = src[i]
+            n_over += (raw < a_lo) | (raw > a_hi)
+            v = (((raw - a_lo) & mask) + a_lo) if wrap else min(max(raw, a_lo), a_hi)
+            mn = min(mn, v)
+            mx = max(mx, v)
+            y = np.float64(np.rint(np.float32(np.int32(v)) * s)) + zf
+            n_sat += (y < c_lo) | (y > c_hi)
+            dst[i] = min(max(y, lo), hi)
+    else:
+        for i in range(src.shape[0]):
+            raw = src[i]
+            n_over += (raw < a_lo) | (raw > a_hi)
+            v = (((raw - a_lo) & mask) + a_lo) if wrap else min(max(raw, a_lo), a_hi)
+            mn = min(mn, v)
+            mx = max(mx, v)
+            y = np.float64(np.rint(np.float32(np.int32(v)) * scales[i])) + zf
+            n_sat += (y < c_lo) | (y > c_hi)
+            dst[i] = min(max(y, lo), hi)
+    return mn, mx, n_sat, n_over
+
+
+@jit
+def _row_fixed_point(src, dst, mults, shifts, zp, lo, hi, c_lo, c_hi, a_lo, a_hi, wrap, mask, mode):
+    """One row of :func:`requantize_accumulator` (fixed-point form, MBQM of ``mode`` 0 double,
+    1 single, 2 int64), parameters per element or of length 1; returns as :func:`_row_float32`."""
+    mn = np.int64(np.iinfo(np.int64).max)
+    mx = np.int64(np.iinfo(np.int64).min)
+    n_sat = 0
+    n_over = 0
+    per_element = mults.shape[0] > 1
+    for i in range(src.shape[0]):
+        raw = src[i]
+        n_over += (raw < a_lo) | (raw > a_hi)
+        v = (((raw - a_lo) & mask) + a_lo) if wrap else min(max(raw, a_lo), a_hi)
+        mn = min(mn, v)
+        mx = max(mx, v)
+        k = i if per_element else 0
+        if mode == 2:
+            y = mbqm_int64_scalar(v, mults[k], shifts[k])
+        else:
+            y = mbqm_scalar(v, mults[k], shifts[k], mode == 1)
+        y += zp
+        n_sat += (y < c_lo) | (y > c_hi)
+        dst[i] = min(max(y, lo), hi)
+    return mn, mx, n_sat, n_over
+
+
+@jit(parallel=True)
+def _requant_acc_float32(acc, scales, zero_point, qmin, qmax, cmin, cmax, a_lo, a_hi, wrap, out):
+    """acc (outer, channels, inner) int64 -> out (same shape, the output's storage type), float32
+    form. Rows: (outer, channel) runs of ``inner`` elements with one scale, or, channels last
+    (inner == 1, one scale per channel), whole ``outer`` rows. Returns (min, max of the
+    policy-applied sums, saturated, overflowed)."""
+    n_outer, n_ch, n_inner = acc.shape
+    mask = a_hi - a_lo if wrap else np.int64(0)  # 2^bits - 1 (the wrapper wraps only below 64 bits)
+    channels_last = n_inner == 1 and scales.shape[0] > 1
+    n_rows = n_outer if channels_last else n_outer * n_ch
+    stats = np.empty((n_rows, 4), np.int64)
+    zf = np.float64(zero_point)
+    lo, hi = np.float64(qmin), np.float64(qmax)
+    c_lo, c_hi = np.float64(cmin), np.float64(cmax)
+    for r in prange(n_rows):
+        if channels_last:
+            res = _row_float32(acc[r, :, 0], out[r, :, 0], scales, zf, lo, hi, c_lo, c_hi, a_lo, a_hi, wrap, mask)
+        else:
+            c = r % n_ch
+            k = c if scales.shape[0] > 1 else 0
+            res = _row_float32(acc[r // n_ch, c], out[r // n_ch, c], scales[k:k + 1], zf, lo, hi, c_lo, c_hi,
+                               a_lo, a_hi, wrap, mask)
+        stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3] = res
+    return stats[:, 0].min(), stats[:, 1].max(), stats[:, 2].sum(), stats[:, 3].sum()
+
+
+@jit(parallel=True)
+def _requant_acc_fixed_point(acc, mults, shifts, mode, zero_point, qmin, qmax, cmin, cmax, a_lo, a_hi, wrap, out):
+    """:func:`_requant_acc_float32` for the fixed-point form."""
+    n_outer, n_ch, n_inner = acc.shape
+    mask = a_hi - a_lo if wrap else np.int64(0)
+    channels_last = n_inner == 1 and mults.shape[0] > 1
+    n_rows = n_outer if channels_last else n_outer * n_ch
+    stats = np.empty((n_rows, 4), np.int64)
+    for r in prange(n_rows):
+        if channels_last:
+            res = _row_fixed_point(acc[r, :, 0], out[r, :, 0], mults, shifts, zero_point, qmin, qmax, cmin, cmax,
+                                   a_lo, a_hi, wrap, mask, mode)
+        else:
+            c = r % n_ch
+            k = c if mults.shape[0] > 1 else 0
+            res = _row_fixed_point(acc[r // n_ch, c], out[r // n_ch, c], mults[k:k + 1], shifts[k:k + 1],
+                                   zero_point, qmin, qmax, cmin, cmax, a_lo, a_hi, wrap, mask, mode)
+        stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3] = res
+    return stats[:, 0].min(), stats[:, 1].max(), stats[:, 2].sum(), stats[:, 3].sum()
+
+
+def requantize_accumulator(acc, form: str, rounding: str, params, axis, zero_point: int, qmin: int, qmax: int,
+                           count_min: int, count_max: int, out_dtype, acc_bits: int = 64,
+                           acc_policy: str = "saturate") -> tuple[np.ndarray, int, int]:
+    """The whole epilogue of an integer MAC op in one pass over the exact sums ``acc``:
+
+    1. the accumulator policy: ``v = wrap(acc)`` or ``sat(acc)`` into ``acc_bits`` signed bits
+       (``acc_policy`` ``"wrap"``, ``"saturate"``, or ``"error"``: raise
+       :class:`~runtime.errors.OverflowPolicyError` naming the first sum outside the width);
+    2. the requantization of ``form`` ``"float32"`` (``params`` = float32 scales, as
+       :func:`requantize_float32`) or ``"fixed_point"`` (``params`` = (multipliers, shifts),
+       ``rounding`` as :func:`requantize_fixed_point`) to the unclamped ``y = requant(v) + zero_point``;
+    3. ``out = clamp(y, qmin, qmax)`` stored as ``out_dtype`` ([qmin, qmax] is the fused activation
+       clamp and must fit the type).
+
+    Returns ``(out, saturated, overflowed)``: saturated = elements with ``y`` outside
+    ``[count_min, count_max]``, overflowed = elements of ``acc`` outside the accumulator width.
+    Equal to :func:`runtime.kernels.mac.apply_accumulator` followed by the wide requantization, the
+    count and the clamp (tests/runtime/test_speed_paths.py), without their int64 temporaries.
+
+    >>> y, sat, over = requantize_accumulator(np.array([[1, 3, 300, -3, 2**31]]), "float32", "double",
+    ...                                       np.float32([0.5]), None, 0, 0, 127, -128, 127, np.int8, 32, "wrap")
+    >>> y, sat, over  # 2**31 wraps to -2**31; 150 and -2**30 lie beyond int8 (the clamp is a Relu's)
+    (array([[  0,   2, 127,   0,   0]], dtype=int8), 2, 1)
+    """
+    from ..errors import OverflowPolicyError
+
+    fn = "requantize_accumulator"
+    out_dtype = np.dtype(out_dtype)
+    if form not in ("float32", "fixed_point"):
+        raise HwsimError(f"{fn}: form must be 'float32' or 'fixed_point', found {form!r}")
+    if acc_policy not in ("wrap", "saturate", "error"):
+        raise HwsimError(f"{fn}: acc_policy must be 'wrap', 'saturate' or 'error', found {acc_policy!r}")
+    if not 2 <= int(acc_bits) <= 64:
+        raise HwsimError(f"{fn}: acc_bits must lie in [2, 64], found {acc_bits}")
+    if not np.issubdtype(out_dtype, np.integer):
+        raise HwsimError(f"{fn}: out_dtype must be an integer type, found {out_dtype}")
+    info = np.iinfo(out_dtype)
+    zp, lo, hi = check_output_range(zero_point, qmin, qmax, fn)
+    if lo < info.min or hi > info.max:
+        raise EncodingError(f"{fn}: the clamp [{qmin}, {qmax}] does not fit out_dtype {out_dtype} "
+                            f"[{info.min}, {info.max}]")
+    acc64 = _check_acc(acc, -(1 << 63), (1 << 63) - 1, fn, check_range=False)
+    if form == "float32":
+        sc = check_float32_scales(_channel_params("scales", params, fn), fn)
+        n_params, dom = sc.size, (INT32_MIN, INT32_MAX)
+        mode = 0
+    else:
+        if rounding not in ROUNDINGS:
+            raise HwsimError(f"{fn}: rounding must be one of {ROUNDINGS}, found {rounding!r}")
+        e_lo, e_hi, a_lo, a_hi = _DOMAIN[rounding]
+        mults = _channel_params("multipliers", params[0], fn)
+        shs = _channel_params("shifts", params[1], fn)
+        for name, arr, p_lo, p_hi in (("multipliers", mults, 0, INT32_MAX), ("shifts", shs, e_lo, e_hi)):
+            if not np.issubdtype(arr.dtype, np.integer) or int(arr.min()) < p_lo or int(arr.max()) > p_hi:
+                raise EncodingError(f"{fn}: {name} must be integers in [{p_lo}, {p_hi}] for rounding={rounding!r}, "
+                                    f"found {arr.dtype} values in [{arr.min()}, {arr.max()}]")
+        if mults.shape != shs.shape:
+            raise EncodingError(f"{fn}: multipliers and shifts must have the same length, found "
+                                f"{mults.size} and {shs.size}")
+        mults, shs = mults.astype(np.int64), shs.astype(np.int64)
+        n_params, dom = mults.size, (a_lo, a_hi)
+        mode = _ROUNDING_CODE[rounding]
+    acc3, _ = _to_3d(acc64, n_params, axis, fn)
+    if n_params == 1:  # one parameter: one flat run (rows of a channel axis would be needlessly short)
+        acc3 = acc3.reshape(1, 1, acc3.size)
+    out = np.empty(acc3.shape, dtype=out_dtype)
+    if not acc3.size:
+        return out.reshape(acc64.shape), 0, 0
+    bits = int(acc_bits)
+    w_lo, w_hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    c_lo, c_hi = max(int(count_min), -(1 << 62)), min(int(count_max), 1 << 62)
+    with np.errstate(over="ignore", invalid="ignore"):  # NUMBA_DISABLE_JIT=1 only: inf products are clamped
+        common = (np.int64(zp), np.int64(lo), np.int64(hi), np.int64(c_lo), np.int64(c_hi), np.int64(w_lo),
+                  np.int64(w_hi), acc_policy == "wrap" and bits < 64, out)
+        if form == "float32":
+            vmin, vmax, n_sat, n_over = _requant_acc_float32(acc3, sc, *common)
+        else:
+            vmin, vmax, n_sat, n_over = _requant_acc_fixed_point(acc3, mults, shs, np.int64(mode), *common)
+    if n_over and acc_policy == "error":
+        over = (acc64 < w_lo) | (acc64 > w_hi)
+        idx = tuple(int(i) for i in np.argwhere(over)[0])
+        raise OverflowPolicyError(f"accumulator overflow at element {idx}: {int(acc64[idx])} is outside the "
+                                  f"{bits}-bit range [{w_lo}, {w_hi}] ({int(n_over)} elements overflow)")
+    _check_range(int(vmin), int(vmax), dom[0], dom[1], fn)
+    return out.reshape(acc64.shape), int(n_sat), int(n_over)

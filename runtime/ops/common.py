@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..fixedpoint import quantize_multipliers
-from ..kernels.requant import requantize_fixed_point, requantize_float32
+from ..kernels.requant import requantize_accumulator
 from ..program import LayerStats
 from ..target import Target
 
@@ -14,6 +14,9 @@ from ..target import Target
 @dataclass
 class Requant:
     """acc (int64, scale s_x*s_w[c]) -> output integers at (s_y, zp_y), clamped to [lo, hi].
+
+    Saturation counts the values beyond the output dtype's range that the fused activation's clamp
+    does not explain (:func:`saturation_bounds`).
 
     ``fixed_point``: per-channel (multiplier, shift) from the real ratio formed in the target's
     ``ratio_precision``; ``float32``: a float32 ratio per channel.
@@ -52,17 +55,34 @@ class Requant:
         scales = real.astype(np.float32)
         return cls("float32", r.rounding, None, None, scales, int(zero_point), qmin, qmax, lo, hi)
 
-    def apply(self, acc: np.ndarray, axis: int, stats: LayerStats) -> np.ndarray:
-        """Requantize, count dtype saturation, apply the clamp; returns int64."""
-        wide_lo, wide_hi = -(1 << 31), (1 << 31) - 1  # unclamped, to count saturation
-        if self.form == "fixed_point":
-            y = requantize_fixed_point(acc, self.multipliers, self.shifts, axis, self.zero_point,
-                                       wide_lo, wide_hi, self.rounding)
-        else:
-            y = requantize_float32(acc, self.scales, axis, self.zero_point, wide_lo, wide_hi)
-        y = np.asarray(y, np.int64)
-        stats.saturation += int(np.count_nonzero((y < self.qmin) | (y > self.qmax)))
-        return np.clip(y, self.lo, self.hi)
+    def apply(self, acc: np.ndarray, axis: int, stats: LayerStats, out_dtype, acc_bits: int = 64,
+              acc_policy: str = "saturate") -> np.ndarray:
+        """The accumulator policy, requantization, saturation count and clamp in one pass
+        (:func:`runtime.kernels.requant.requantize_accumulator`); returns ``out_dtype`` integers and
+        adds the overflow and saturation counts (rule: :func:`saturation_bounds`) to ``stats``."""
+        params = (self.multipliers, self.shifts) if self.form == "fixed_point" else self.scales
+        c_lo, c_hi = saturation_bounds(self.qmin, self.qmax, self.lo, self.hi)
+        y, sat, over = requantize_accumulator(acc, self.form, self.rounding, params, axis, self.zero_point,
+                                              self.lo, self.hi, c_lo, c_hi, out_dtype, acc_bits, acc_policy)
+        stats.saturation += sat
+        stats.overflow += over
+        return y
+
+
+NO_COUNT = 1 << 62  # a saturation bound no requantized value reaches
+
+
+def saturation_bounds(qmin: int, qmax: int, lo: int, hi: int) -> tuple[int, int]:
+    """The range outside which a requantized value counts as saturated: the output dtype's
+    ``[qmin, qmax]``, except on a side where a fused activation narrows the clamp (``lo > qmin``:
+    Relu, Clip) -- there the activation, not the dtype, decides, and nothing is counted.
+
+    >>> saturation_bounds(-128, 127, -128, 127)  # no activation: both ends count
+    (-128, 127)
+    >>> saturation_bounds(-128, 127, -128 + 128, 127)[0] == -NO_COUNT  # Relu at zero point 0: low end not counted
+    True
+    """
+    return (int(qmin) if int(lo) <= int(qmin) else -NO_COUNT), (int(qmax) if int(hi) >= int(qmax) else NO_COUNT)
 
 
 def broadcast_channels(values: np.ndarray, n: int, what: str) -> np.ndarray:

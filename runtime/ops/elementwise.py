@@ -6,10 +6,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..encoding import Encoding
+from ..errors import HwsimError
 from ..fixedpoint import quantize_multiplier
 from ..kernels.elementwise import add_fixed_point, mul_fixed_point
 from ..plan import Planner, Val, planner_op
 from ..program import LayerStats, Step
+from .common import saturation_bounds
 from .quantize_ops import requantize_step
 
 
@@ -33,18 +35,19 @@ class BinaryStep(Step):
         it = iter(xs)
         a = self.consts[0] if self.consts[0] is not None else next(it)
         b = self.consts[1] if self.consts[1] is not None else next(it)
+        c_lo, c_hi = saturation_bounds(self.qmin, self.qmax, self.lo, self.hi)  # what the kernels count
         if self.rule == "fixed_point":
             if self.kind == "Add":
                 y, sat = add_fixed_point(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi,
-                                         self.qmin, self.qmax, self.single)
+                                         c_lo, c_hi, self.single)
             else:
                 y, sat = mul_fixed_point(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi,
-                                         self.qmin, self.qmax, self.single)
+                                         c_lo, c_hi, self.single)
         else:
             from ..kernels.elementwise_f32 import add_float32, mul_float32
 
             fn = add_float32 if self.kind == "Add" else mul_float32
-            y, sat = fn(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi, self.qmin, self.qmax)
+            y, sat = fn(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi, c_lo, c_hi)
         stats.saturation += sat
         return (y.astype(self.out_dtype),)
 
@@ -131,10 +134,33 @@ class ConcatStep(Step):
     requants: tuple = ()  # per input: None (same encoding) or a RequantizeStep
 
     def compute(self, *xs, stats: LayerStats):
-        parts = []
+        if all(rq is None for rq in self.requants):
+            return (np.concatenate(xs, axis=self.axis),)
+        # each input requantized (or copied) straight into its columns of the output viewed as
+        # [prod(shape[:axis]), prod(shape[axis:])]: no per-input temporaries, no second copy
+        axis = self.axis % xs[0].ndim
+        shape = list(xs[0].shape)
+        shape[axis] = sum(x.shape[axis] for x in xs)
+        if any(d == 0 for d in shape):
+            dtype = next(rq.dst.dtype.numpy_dtype for rq in self.requants if rq is not None)
+            return (np.empty(shape, dtype),)
+        for x in xs:
+            if x.ndim != len(shape) or any(a != b for i, (a, b) in enumerate(zip(x.shape, shape)) if i != axis):
+                raise HwsimError(f"Concat inputs must agree on every axis but {axis}, found shapes "
+                                 f"{[tuple(v.shape) for v in xs]}")
+        dtype = next(rq.dst.dtype.numpy_dtype for rq in self.requants if rq is not None)
+        out = np.empty(shape, dtype)
+        rows = int(np.prod(shape[:axis], dtype=np.int64))
+        out2 = out.reshape(rows, -1)
+        col = 0
         for x, rq in zip(xs, self.requants):
-            parts.append(x if rq is None else rq.compute(x, stats=stats)[0])
-        return (np.concatenate(parts, axis=self.axis),)
+            width = x.size // rows if rows else 0
+            if rq is None:
+                out2[:, col:col + width] = x.reshape(rows, width)
+            elif x.size:
+                rq.into(x, out2, col, stats)
+            col += width
+        return (out,)
 
 
 @planner_op("Concat")

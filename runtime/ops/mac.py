@@ -55,11 +55,7 @@ class ConvStep(Step):
             pads = explicit_pads(self.auto_pad, x.shape[2:], self.kernel, self.strides, self.dilations)
         acc = conv_acc(x, self.x_zp, self.w, self.w_zp, self.bias, self.strides, pads, self.dilations,
                        self.group, pair_saturation=self.mac.pair_saturation, pair_order=self.mac.pair_order)
-        acc, overflow = apply_accumulator(acc, self.mac.acc_bits, self.mac.overflow)
-        stats.overflow += int(overflow)
-        if self.requant is None:
-            return (acc.astype(self.out_dtype),)
-        return (self.requant.apply(acc, 1, stats).astype(self.out_dtype),)
+        return (_epilogue(acc, 1, self.mac, self.requant, self.out_dtype, stats),)
 
 
 @dataclass
@@ -81,11 +77,16 @@ class MatMulStep(Step):
         if self.trans_b:
             b = np.swapaxes(b, -1, -2)
         acc = matmul_acc(a, self.a_zp, b, self.b_zp, self.bias, pair_saturation=self.mac.pair_saturation)
-        acc, overflow = apply_accumulator(acc, self.mac.acc_bits, self.mac.overflow)
+        return (_epilogue(acc, acc.ndim - 1, self.mac, self.requant, self.out_dtype, stats),)
+
+
+def _epilogue(acc, axis: int, mac: MacConfig, requant: Requant | None, out_dtype, stats: LayerStats):
+    """The accumulator policy and, when the op has one, the requantization, in one pass."""
+    if requant is None:  # ConvInteger / MatMulInteger: the int32 accumulator is the output
+        acc, overflow = apply_accumulator(acc, mac.acc_bits, mac.overflow)
         stats.overflow += int(overflow)
-        if self.requant is None:
-            return (acc.astype(self.out_dtype),)
-        return (self.requant.apply(acc, acc.ndim - 1, stats).astype(self.out_dtype),)
+        return acc.astype(out_dtype)
+    return requant.apply(acc, axis, stats, out_dtype, mac.acc_bits, mac.overflow)
 
 
 def _channel_params(p: Planner, node, w_enc: Encoding, n_out: int, channel_axis: int):

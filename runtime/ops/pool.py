@@ -17,6 +17,7 @@ from ..fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from ..kernels.pooling import average_pool, reduce_sum_acc
 from ..plan import Planner, Val, planner_op
 from ..program import LayerStats, Step
+from .common import saturation_bounds
 from .quantize_ops import RequantizeStep, requantize_step
 
 
@@ -66,7 +67,8 @@ class MeanStep(Step):
         v = np.asarray(multiply_by_quantized_multiplier(s - self.x_zp * n, m, e, self.rounding), np.int64) + self.zo
         if not self.keepdims:
             v = np.squeeze(v, axis=axes)
-        stats.saturation += int(np.count_nonzero((v < self.qmin) | (v > self.qmax)))
+        c_lo, c_hi = saturation_bounds(self.qmin, self.qmax, self.lo, self.hi)
+        stats.saturation += int(np.count_nonzero((v < c_lo) | (v > c_hi)))
         return (np.clip(v, self.lo, self.hi).astype(self.out_dtype),)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from ..kernels.requant import requantize_float32
 from ..program import LayerStats, Step
 from ..quantize import quantize
+from .common import saturation_bounds
 
 
 @dataclass
@@ -32,7 +33,8 @@ class GapF32Step(Step):
         acc = x.astype(np.int64).sum(axis=tuple(range(2, x.ndim)), keepdims=True) - self.x_zp * n
         scale = np.float32(self.sx / np.float32(self.sy * np.float32(n)))
         y = np.asarray(requantize_float32(acc, np.array([scale], np.float32), None, self.zo, -(1 << 31), (1 << 31) - 1), np.int64)
-        stats.saturation += int(np.count_nonzero((y < self.qmin) | (y > self.qmax)))
+        c_lo, c_hi = saturation_bounds(self.qmin, self.qmax, self.lo, self.hi)
+        stats.saturation += int(np.count_nonzero((y < c_lo) | (y > c_hi)))
         return (np.clip(y, self.lo, self.hi).astype(self.out_dtype),)
 
 

@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dtypes import INT32
 from ..encoding import Encoding
-from ..kernels.requant import requantize_fixed_point
+from ..kernels.quantize import quantize_per_tensor, requantize_tensor
 from ..plan import Planner, Val, planner_op
 from ..program import LayerStats, Step, TensorSpec
 from ..quantize import dequantize, quantize
+from .common import saturation_bounds
 
 
 @dataclass
@@ -19,11 +19,17 @@ class QuantizeStep(Step):
     rounding: str = "half_to_even"
 
     def compute(self, x, stats: LayerStats):
-        if not np.all(np.isfinite(x)):
+        enc = self.encoding
+        if enc.is_per_tensor and x.dtype == np.float32:  # one parallel pass into the storage type
+            q, bad = quantize_per_tensor(x, enc.scale, int(enc.zero_point), enc.qmin, enc.qmax, self.rounding,
+                                         enc.dtype.numpy_dtype)
+        else:
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            q = None if bad else quantize(x, enc, self.rounding)
+        if bad:
             from ..errors import DataError
 
-            raise DataError(f"input {self.inputs[0]!r} has {int(np.count_nonzero(~np.isfinite(x)))} NaN/Inf values")
-        q = quantize(x, self.encoding, self.rounding)
+            raise DataError(f"input {self.inputs[0]!r} has {bad} NaN/Inf values")
         return (q,)
 
 
@@ -41,6 +47,9 @@ class RequantizeStep(Step):
 
     fixed_point targets: MBQM(x - zp_a, QM(s_a / s_b)) + zp_b (TFLite Requantize);
     float32 targets: float32 dequantize then quantize (ONNX Runtime runs DQ -> Q in float32).
+    One pass (:func:`runtime.kernels.quantize.requantize_tensor`); saturation counts the values
+    beyond B's range that the clamp [lo, hi] of a fused activation does not explain
+    (:func:`runtime.ops.common.saturation_bounds`).
     """
 
     src: Encoding = None
@@ -54,18 +63,20 @@ class RequantizeStep(Step):
     hi: int = 0
 
     def compute(self, x, stats: LayerStats):
-        if self.form == "fixed_point":
-            centered = x.astype(np.int64) - int(self.src.zero_point)
-            y = np.asarray(requantize_fixed_point(centered, np.array([self.multiplier], np.int64),
-                                                  np.array([self.shift], np.int64), 0, int(self.dst.zero_point),
-                                                  -(1 << 31), (1 << 31) - 1, self.rounding), np.int64)
-        else:
-            f = dequantize(x, self.src)
-            wide = Encoding(scale=self.dst.scale, zero_point=self.dst.zero_point,  # unclamped, to count saturation
-                            dtype=INT32, granularity=self.dst.granularity)
-            y = quantize(f, wide, self.quantize_rounding).astype(np.int64)
-        stats.saturation += int(np.count_nonzero((y < self.dst.qmin) | (y > self.dst.qmax)))
-        return (np.clip(y, self.lo, self.hi).astype(self.dst.dtype.numpy_dtype),)
+        x = np.asarray(x)
+        out = np.empty(x.shape, self.dst.dtype.numpy_dtype)
+        self.into(x, out.reshape(1, -1), 0, stats)
+        return (out,)
+
+    def into(self, x: np.ndarray, out2: np.ndarray, col: int, stats: LayerStats) -> None:
+        """Requantize ``x`` into the columns ``col:`` of the 2-D C-contiguous ``out2`` (x viewed as
+        ``out2.shape[0]`` rows), adding the saturation count to ``stats``."""
+        c_lo, c_hi = saturation_bounds(self.dst.qmin, self.dst.qmax, self.lo, self.hi)
+        fixed = self.form == "fixed_point"
+        stats.saturation += requantize_tensor(
+            x, self.form, int(self.src.zero_point), np.float32(self.src.scale), self.multiplier,
+            np.float32(self.dst.scale), self.shift, int(self.dst.zero_point),
+            self.rounding if fixed else self.quantize_rounding, self.lo, self.hi, c_lo, c_hi, out2, col)
 
 
 def requantize_step(p: Planner, name: str, src_name: str, src: Encoding, dst: Encoding, out: str,
