@@ -52,9 +52,9 @@ def finetune(model: nn.Module, data, epochs: int = 1, lr: float = 1e-3, progress
             loss.backward()
             opt.step()
             n += 1
-            total += float(loss)
+            total += float(loss.detach())
             if progress:
-                it.set_postfix(loss=float(loss))
+                it.set_postfix(loss=float(loss.detach()))
         if n == 0:
             raise HwsimError("finetune: the data has no batches")
         if history is not None:

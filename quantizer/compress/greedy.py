@@ -350,7 +350,8 @@ def _as_choices(model: nn.Module, ratios, scheme: str | None) -> dict[str, tuple
             out[name] = (v[0], v[1])
         else:
             if scheme is None:
-                raise HwsimError(f"compress: {name!r} has ratio {v!r} without a scheme; pass scheme= or (scheme, ratio)")
+                raise HwsimError(f"compress: {name!r} has ratio {v!r} without a scheme; pass scheme= or "
+                                 "(scheme, ratio)")
             if scheme not in SCHEMES:
                 raise HwsimError(f"compress: scheme must be one of {SCHEMES}, found {scheme!r}")
             out[name] = (scheme, v)
@@ -428,7 +429,7 @@ def select_ratios(model: nn.Module, eval_fn: Callable[[nn.Module], float], candi
                   target_cost: float = 0.5, cost: str = "macs", schemes=("spatial_svd", "weight_svd"), exclude=(),
                   cache_path=None, progress: bool = True, manual: dict | None = None, samples=None,
                   example_input=None, method: str = "greedy", max_positions: int = 512,
-                  hardware: dict | None = None) -> Selection:
+                  hardware: dict | None = None, cache_key: str = "") -> Selection:
     """Per-layer compression ratios reaching ``target_cost`` (a fraction of the model's ``cost``:
     ``"macs"``, ``"params"``, ``"bytes"``, or ``"latency"`` with ``hardware`` = keyword arguments of
     :func:`~quantizer.compress.cost.layer_costs`) with the least loss of ``eval_fn(model)`` (higher
@@ -438,7 +439,9 @@ def select_ratios(model: nn.Module, eval_fn: Callable[[nn.Module], float], candi
     ``exclude``: layer names (fnmatch patterns) or module types left alone. ``manual``:
     ``{layer: ratio or (scheme, ratio)}`` fixed as given (a bare ratio needs a layer with exactly one
     applicable scheme), not evaluated. ``samples`` (batches of model inputs) feed channel pruning and,
-    without ``example_input``, the cost model. ``cache_path``: the table's JSON cache."""
+    without ``example_input``, the cost model. ``cache_path``: the table's JSON cache, valid for the
+    same weights, schemes, cost, pruning settings and example shape; put anything else the scores
+    depend on (the evaluation data, the samples) into ``cache_key``."""
     if cost not in COST_KINDS:
         raise HwsimError(f"cost must be one of {COST_KINDS}, found {cost!r}")
     if example_input is None:
@@ -468,9 +471,9 @@ def select_ratios(model: nn.Module, eval_fn: Callable[[nn.Module], float], candi
     def apply(m, layer, option):
         return compress(m, {layer: tuple(option)}, samples=samples, method=method, max_positions=max_positions)
 
-    key = json.dumps({"schemes": list(schemes), "cost": cost, "hardware": hardware, "method": method,
-                      "max_positions": max_positions, "example": list(example_input[0].shape)
-                      if isinstance(example_input, (tuple, list)) else list(example_input.shape)}, sort_keys=True)
+    ex = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
+    key = json.dumps({"user": cache_key, "schemes": list(schemes), "cost": cost, "hardware": hardware,
+                      "method": method, "max_positions": max_positions, "example": list(ex.shape)}, sort_keys=True)
     table = build_table(model, options, apply, eval_fn, cost_of, cache_path=cache_path, cache_key=key,
                         progress=progress)
     fixed_delta = cost_of(compress(model, fixed, samples=samples, method=method, max_positions=max_positions)) \

@@ -55,8 +55,8 @@ _ELEMENTWISE_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.hardtanh, F.max_pool2d,
                           F.adaptive_avg_pool2d, F.dropout)
 _ELEMENTWISE_METHODS = ("relu", "relu_", "contiguous")
 _FLATTEN_METHODS = ("flatten", "view", "reshape")
-_JOINS = {operator.add: "residual add", torch.add: "residual add", torch.cat: "concat",
-          operator.mul: "elementwise mul", torch.mul: "elementwise mul"}
+_JOINS = {operator.add: "a residual add", torch.add: "a residual add", torch.cat: "a concat",
+          operator.mul: "an elementwise mul", torch.mul: "an elementwise mul"}
 
 
 # -----------------------------------------------------------------------------------------------
@@ -88,6 +88,16 @@ def _trace(model: nn.Module, what: str) -> fx.GraphModule:
 
 def _depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _shape_query(node: fx.Node) -> bool:
+    """``x.dim()`` or ``x.size(0)``: uses of a value that do not depend on its channel count."""
+    if node.op != "call_method":
+        return False
+    if node.target == "dim":
+        return True
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return node.target == "size" and dim == 0
 
 
 def _target_name(node: fx.Node) -> str:
@@ -134,8 +144,9 @@ def pruning_path(model: nn.Module, layer_name: str, example_inputs: tuple | None
         edge = f"edge {getattr(cur, 'name', cur)!r} -> {prev.name!r}"
         if not isinstance(cur, fx.Node):
             raise HwsimError(f"{what}: {edge}: the input is not a traced tensor")
-        if len(cur.users) != 1:
-            others = sorted(u.name for u in cur.users if u is not prev)
+        users = [u for u in cur.users if not _shape_query(u)]
+        if len(users) != 1:
+            others = sorted(u.name for u in users if u is not prev)
             raise HwsimError(f"{what}: {edge}: the value {cur.name!r} also feeds {others}; removing its channels "
                              "would change those consumers (prune where the producer has a single consumer)")
         if cur.op == "placeholder":
@@ -172,7 +183,7 @@ def pruning_path(model: nn.Module, layer_name: str, example_inputs: tuple | None
         elif cur.op == "call_function":
             f = cur.target
             if f in _JOINS:
-                raise HwsimError(f"{what}: {edge}: {cur.name!r} is a {_JOINS[f]}; its inputs would need matching "
+                raise HwsimError(f"{what}: {edge}: {cur.name!r} is {_JOINS[f]}; its inputs would need matching "
                                  "prunes on every branch, which is not done")
             if f is torch.flatten:
                 unit = _flatten_step(what, edge, path, cur, unit, shape)
@@ -266,6 +277,9 @@ class LayerSamples:
 def _batches(samples):
     if isinstance(samples, torch.Tensor):
         return [samples]
+    if iter(samples) is samples:
+        raise HwsimError("the samples are a one-shot iterator (a generator?); pass a tensor, a list of batches or a "
+                         "DataLoader: they are read more than once")
     return samples
 
 
@@ -348,21 +362,26 @@ def _greedy(g: np.ndarray, keep: int) -> np.ndarray:
     return np.flatnonzero(~removed)
 
 
-def _lasso_cd(g: np.ndarray, q: np.ndarray, alpha: float, beta: np.ndarray, sweeps: int = 200) -> np.ndarray:
-    """Coordinate descent on ``beta^T G beta - 2 q^T beta + alpha |beta|_1``."""
+def _lasso_cd(g: np.ndarray, q: np.ndarray, alpha: float, beta: np.ndarray, sweeps: int = 100) -> np.ndarray:
+    """Coordinate descent on ``beta^T G beta - 2 q^T beta + alpha |beta|_1`` from ``beta``."""
     beta = beta.copy()
-    diag = np.diag(g)
+    diag = np.diag(g).tolist()
+    gb = g @ beta  # kept equal to G beta
+    tol = 1e-9 * math.sqrt(max(max(diag), 1e-300))
     for _ in range(sweeps):
         delta = 0.0
-        for c in range(len(g)):
-            if diag[c] <= 0:
-                beta[c] = 0.0
-                continue
-            r = q[c] - g[c] @ beta + diag[c] * beta[c]
-            new = np.sign(r) * max(abs(r) - alpha / 2, 0.0) / diag[c]
-            delta = max(delta, abs(new - beta[c]) * math.sqrt(diag[c]))
-            beta[c] = new
-        if delta <= 1e-10 * math.sqrt(max(diag.max(), 1e-300)):
+        for c, d in enumerate(diag):
+            if d <= 0:
+                new = 0.0
+            else:
+                r = q[c] - gb[c] + d * beta[c]
+                new = math.copysign(max(abs(r) - alpha / 2, 0.0), r) / d
+            step = new - beta[c]
+            if step != 0.0:
+                gb += g[:, c] * step
+                beta[c] = new
+                delta = max(delta, abs(step) * math.sqrt(max(d, 0.0)))
+        if delta <= tol:
             break
     return beta
 
@@ -378,8 +397,11 @@ def _lasso(g: np.ndarray, keep: int) -> np.ndarray:
     for _ in range(40):
         mid = 0.5 * (lo + hi)
         b = _lasso_cd(g, q, mid, beta_lo)
-        if np.count_nonzero(b) <= keep:
+        n = np.count_nonzero(b)
+        if n <= keep:
             hi, beta_hi = mid, b
+            if n == keep:
+                break
         else:
             lo, beta_lo = mid, b
     order = np.lexsort((-np.diag(g), -np.abs(beta_lo), -np.abs(beta_hi)))
