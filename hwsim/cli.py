@@ -478,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+    from hwsim.cli_compress import add_compress_parser
+
+    add_compress_parser(sub)
+
     d = sub.add_parser("demo", help="the main job on an embedded default, for every built-in target")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
