@@ -481,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hwsim.cli_compress import add_compress_parser
 
     add_compress_parser(sub)
+    from hwsim.cli_analyze import add_analyze_parser
+
+    add_analyze_parser(sub)
 
     d = sub.add_parser("demo", help="the main job on an embedded default, for every built-in target")
     d.add_argument("--json", action="store_true")

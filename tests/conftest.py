@@ -31,3 +31,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").exists():
         pytest.skip("../shared/data is not present on this machine")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The test models are tiny: one intra-op thread is faster, and on a loaded 2-core machine two
+    threads contend badly (a fast-mode pass measured 1.6 s with 2 threads vs 0.03 s with 1)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

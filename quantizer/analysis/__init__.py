@@ -5,6 +5,9 @@
 - :mod:`.report`: one self-contained HTML file plus ``report.json`` and PNGs.
 - :func:`analyze`: all of it, and the simulation-vs-integer comparison of :mod:`hwsim.compare`, as
   report sections (``write_report(out_dir, analyze(sim, x, labels))``; ``hwsim analyze`` does that).
+
+``quantizer.analysis.sensitivity`` names the function (re-exported here); the module's other names
+come with ``from quantizer.analysis.sensitivity import ...``.
 """
 from __future__ import annotations
 
@@ -66,7 +69,10 @@ def weights_section(ranges: dict) -> Section:
         rows.append(row)
     plots = {"weight_relative_ranges": plot_relative_ranges(ranges)}
     for n in layers:
-        plots[plot_stem("weights", n)] = plot_layer_ranges(ranges, n)
+        stem = plot_stem("weights", n)
+        while stem in plots:  # two layer names that differ only in characters a file name cannot hold
+            stem += "_"
+        plots[stem] = plot_layer_ranges(ranges, n)
     text = ("Per output channel min and max of every Conv/Gemm weight at each stage (" + ", ".join(stages) + "). "
             "Spread is the widest channel range over the narrowest; a per-tensor encoding resolves a channel with "
             "about relative_range x (2^b - 1) steps, so layers with a large spread (a low per-tensor weight SQNR) are "

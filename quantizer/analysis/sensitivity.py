@@ -17,7 +17,7 @@ or a user's ``eval_fn(sim) -> float``) with:
 
 :func:`activation_histograms` streams data through the float model twice (the observed range, then
 fixed-edge histograms: memory is one batch plus the histograms) and marks each tensor's encoding
-range ``[s (qmin - z), s (qmax - z)]`` and the share of values outside it. :func:`layer_output_mse`
+range ``[s (qmin - z), s (qmax - z)]`` and the share of values it clips (more than half a step outside). :func:`layer_output_mse`
 gives every quantized layer output's ``mean((fast - float)^2)`` and SQNR with all quantizers on.
 """
 from __future__ import annotations
@@ -112,6 +112,15 @@ def _batches(sim, x, batch_size: int, what: str):
         yield torch.empty(xb.shape, dtype=torch.float32, device=dev).copy_(xb)
 
 
+def _f64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+def _sumsq(a: np.ndarray) -> float:
+    """``sum(a^2)`` with numpy's pairwise summation: the same bits whatever torch's thread count."""
+    return float(np.square(a).sum())
+
+
 def _db(sig: float, noise: float) -> float | None:
     if noise == 0:
         return None
@@ -147,7 +156,10 @@ def sensitivity(sim, x=None, labels=None, *, eval_fn=None, batch_size: int = 256
         metric, samples = getattr(eval_fn, "description", "score"), None
 
         def score():
-            return float(eval_fn(sim))
+            v = eval_fn(sim)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise HwsimError(f"sensitivity: eval_fn must return one number (higher is better), found {v!r}")
+            return float(v)
     else:
         batches = list(_batches(sim, x, batch_size, "sensitivity"))
         samples = int(len(x))
@@ -165,13 +177,13 @@ def sensitivity(sim, x=None, labels=None, *, eval_fn=None, batch_size: int = 256
         else:
             metric = "output_sqnr_db"
             with torch.no_grad():
-                ref = [sim._run_float((b,), fake=False)[out_name].double() for b in batches]
+                ref = [_f64(sim._run_float((b,), fake=False)[out_name]) for b in batches]
 
             def score():
                 sig = noise = 0.0
                 for b, r in zip(batches, ref):
-                    d = sim._run_float((b,), fake=True)[out_name].double() - r
-                    sig, noise = sig + float((r ** 2).sum()), noise + float((d ** 2).sum())
+                    d = _f64(sim._run_float((b,), fake=True)[out_name]) - r
+                    sig, noise = sig + _sumsq(r), noise + _sumsq(d)
                 return _db(sig, noise)
 
     qs = all_quantizers(sim)
@@ -218,8 +230,9 @@ def encoding_range(enc) -> tuple[float, float]:
 def activation_histograms(sim, x, bins: int = 64, batch_size: int = 256, progress: bool = True) -> dict:
     """``{tensor: {"layer", "count", "min", "max", "encoding_min", "encoding_max", "below", "above",
     "edges", "counts"}}`` for every quantized activation, from ``x`` through the float model:
-    ``below``/``above`` are the shares of values outside the encoding's range; the ``bins`` equal
-    bins span the union of the observed and the encoding's range."""
+    ``below``/``above`` are the shares of values the encoding clips (beyond its range by more than
+    half a step, so that their error exceeds rounding's); the ``bins`` equal bins span the union of
+    the observed and the encoding's range."""
     _check_calibrated(sim, "activation_histograms")
     if bins < 1:
         raise HwsimError(f"activation_histograms: bins must be >= 1, found {bins}")
@@ -233,9 +246,11 @@ def activation_histograms(sim, x, bins: int = 64, batch_size: int = 256, progres
             for n in names:
                 lo[n] = min(lo[n], float(vals[n].min()))
                 hi[n] = max(hi[n], float(vals[n].max()))
-        res = {}
+        res, half = {}, {}
         for n in names:
-            emin, emax = encoding_range(sim.act_q[_key(n)].encoding)
+            enc = sim.act_q[_key(n)].encoding
+            emin, emax = encoding_range(enc)
+            half[n] = 0.5 * float(np.asarray(enc.scale))
             a, b = min(lo[n], emin), max(hi[n], emax)
             if not b > a:
                 b = a + 1.0
@@ -246,12 +261,12 @@ def activation_histograms(sim, x, bins: int = 64, batch_size: int = 256, progres
                             "batch"):
             vals = sim._run_float((xb,), fake=False)
             for n in names:
-                v = vals[n].detach().double().cpu().numpy().reshape(-1)
+                v = _f64(vals[n]).reshape(-1)
                 r = res[n]
                 r["counts"] += np.histogram(v, bins=r["edges"])[0]
                 r["count"] += v.size
-                r["below"] += int((v < r["encoding_min"]).sum())
-                r["above"] += int((v > r["encoding_max"]).sum())
+                r["below"] += int((v < r["encoding_min"] - half[n]).sum())
+                r["above"] += int((v > r["encoding_max"] + half[n]).sum())
     for r in res.values():
         r["below"] = r["below"] / max(r["count"], 1)
         r["above"] = r["above"] / max(r["count"], 1)
@@ -272,11 +287,11 @@ def layer_output_mse(sim, x, batch_size: int = 256, progress: bool = True) -> li
             fl = sim._run_float((xb,), fake=False)
             fa = sim._run_float((xb,), fake=True)
             for _, _, t in layers:
-                r = fl[t].double()
+                r = _f64(fl[t])
                 a = acc[t]
-                a[0] += float((r ** 2).sum())
-                a[1] += float(((fa[t].double() - r) ** 2).sum())
-                a[2] += r.numel()
+                a[0] += _sumsq(r)
+                a[1] += _sumsq(_f64(fa[t]) - r)
+                a[2] += r.size
     return [{"name": n, "op_type": op, "tensor": t, "mse": acc[t][1] / max(acc[t][2], 1),
              "sqnr_db": _db(acc[t][0], acc[t][1])} for n, op, t in layers]
 
@@ -289,26 +304,29 @@ def _finite(vals, cap: float):
 
 
 def plot_sensitivity(res: dict) -> bytes:
-    """PNG: per layer, the score with only that layer quantized and with all but it quantized; the
-    float and fully quantized scores as lines."""
+    """PNG: per layer, the score with only that layer quantized (circle) and with all but it
+    quantized (square); the float and fully quantized scores as vertical lines. An identical output
+    (SQNR None, infinite) is drawn at the right edge."""
     plt = pyplot()
     rows = res["layers"]
-    known = [v for v in [res["float"], res["quantized"]] + [r[k] for r in rows for k in ("only", "all_but")]
-             if v is not None]
-    cap = (max(known) + 10.0) if known else 100.0  # an identical output (infinite SQNR) drawn at the top
+    everything = [res["float"], res["quantized"]] + [r[k] for r in rows for k in ("only", "all_but")]
+    known = [v for v in everything if v is not None]
+    lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
+    pad = max(0.05 * (hi - lo), 0.01 * max(abs(hi), 1.0))
+    cap = hi + 2 * pad if None in everything else hi  # where "identical" is drawn
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 2))
-    ax.barh(y - 0.2, _finite([r["only"] for r in rows], cap), height=0.4, label="only this layer quantized")
-    ax.barh(y + 0.2, _finite([r["all_but"] for r in rows], cap), height=0.4, label="all but this layer quantized")
-    ax.axvline(_finite([res["float"]], cap)[0], color="k", ls="--", lw=1, label="float")
+    if res["float"] is not None or None in everything:
+        ax.axvline(_finite([res["float"]], cap)[0], color="k", ls="--", lw=1, label="float")
     ax.axvline(_finite([res["quantized"]], cap)[0], color="tab:red", ls=":", lw=1.5, label="all quantized")
+    ax.plot(_finite([r["only"] for r in rows], cap), y, "o", label="only this layer quantized")
+    ax.plot(_finite([r["all_but"] for r in rows], cap), y, "s", mfc="none", label="all but this layer quantized")
     ax.set_yticks(y, [f"{r['name']} ({r['op_type']})" for r in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(res["metric"] + (" (identical drawn at the right end)" if res["metric"] == "output_sqnr_db" else ""))
-    if known:
-        lo = min(known)
-        ax.set_xlim(lo - 0.05 * (cap - lo + 1e-9), cap + 0.02 * (cap - lo + 1e-9))
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(lo - pad, cap + pad)
+    ax.set_xlabel(res["metric"] + (" (identical drawn at the right edge)" if None in everything else ""))
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     fig.tight_layout()
     return figure_png(fig)
 
@@ -333,7 +351,7 @@ def plot_histograms(hists: dict, per_page: int = 12) -> list[bytes]:
             ax.set_yscale("log")
             for v in (h["encoding_min"], h["encoding_max"]):
                 ax.axvline(v, color="tab:red", lw=1)
-            ax.set_title(f"{n} ({h['layer']}): outside {h['below'] + h['above']:.2%}", fontsize=8)
+            ax.set_title(f"{n} ({h['layer']}): clipped {h['below'] + h['above']:.2%}", fontsize=8)
             ax.tick_params(labelsize=7)
         fig.tight_layout()
         pages.append(figure_png(fig))

@@ -54,7 +54,8 @@ def channel_ranges(w) -> dict:
     top = float(rng.max())
     rel = rng / top if top > 0 else np.zeros_like(rng)
     live = rng[rng > 0]
-    spread = float(top / live.min()) if live.size else 1.0
+    with np.errstate(over="ignore"):  # a subnormal channel range: infinite spread (JSON null)
+        spread = float(top / live.min()) if live.size else 1.0
     return {"min": mn, "max": mx, "relative_range": rel, "spread": spread,
             "min_relative_range": float(rel.min())}
 
@@ -188,27 +189,34 @@ def plot_layer_ranges(ranges: dict, layer: str) -> bytes:
 def plot_relative_ranges(ranges: dict) -> bytes:
     """PNG: per layer and stage, the spread (log scale) and the per-tensor weight SQNR (per-channel
     SQNR as markers): the layers that per-tensor quantization hurts stand out on both."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     plt = pyplot()
     stages = list(ranges)
     layers = list(next(iter(ranges.values()))) if ranges else []
     y = np.arange(len(layers))
     h = 0.8 / max(len(stages), 1)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 0.4 * len(layers) * max(1, len(stages) / 2) + 2), sharey=True)
+    sq = [v for s in stages for n in layers for k in ("per_tensor_sqnr_db", "per_channel_sqnr_db")
+          for v in [ranges[s][n][k]] if v is not None]
+    cap = max(sq) + 5.0 if sq else 60.0  # an exact quantized weight (SQNR None) drawn at the right end
     for i, stage in enumerate(stages):
         off = (i - (len(stages) - 1) / 2) * h
-        spread = [ranges[stage][n]["spread"] for n in layers]
-        a1.barh(y + off, spread, height=h, label=stage)
+        a1.barh(y + off, [ranges[stage][n]["spread"] for n in layers], height=h, label=stage)
         pt = [ranges[stage][n]["per_tensor_sqnr_db"] for n in layers]
         pc = [ranges[stage][n]["per_channel_sqnr_db"] for n in layers]
-        a2.barh(y + off, [60.0 if v is None else v for v in pt], height=h, label=f"{stage} per tensor")
-        a2.plot([60.0 if v is None else v for v in pc], y + off, "k|", ms=8,
+        a2.barh(y + off, [cap if v is None else v for v in pt], height=h, label=f"{stage} per tensor")
+        a2.plot([cap if v is None else v for v in pc], y + off, "k|", ms=8,
                 label="per channel" if i == len(stages) - 1 else None)
     a1.set_xscale("log")
+    a1.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    a1.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    a1.xaxis.set_minor_formatter(NullFormatter())
     a1.set_yticks(y, layers, fontsize=8)
     a1.invert_yaxis()
     a1.set_xlabel("spread: widest / narrowest channel range (log)")
-    a1.legend(fontsize=7)
-    a2.set_xlabel("weight SQNR (dB) at the target's weight dtype")
-    a2.legend(fontsize=7, loc="lower right")
+    a2.set_xlabel("weight SQNR (dB) at the target's weight dtype; exact drawn at the right end")
+    for ax in (a1, a2):
+        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     fig.tight_layout()
     return figure_png(fig)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import hwsim
-from hwsim.cli_analyze import add_analyze_parser
+from hwsim.cli_analyze import add_analyze_parser, summary_lines
 from hwsim.digits import SHIPPED, ResidualNet, load_digits_split, pretrained
 from quantizer.analysis import jsonable
 from quantizer.analysis.report import Section, write_report
@@ -38,8 +38,18 @@ from quantizer.analysis.weights import channel_ranges, weight_ranges
 from quantizer.cle import find_chains
 from runtime.errors import HwsimError
 
-N_EVAL, N_CALIB, BS = 120, 64, 64
+N_EVAL, N_CALIB, BS = 64, 48, 32
 URL = re.compile(r"(?i)\b(?:https?|ftp)://|//cdn|<script|<link")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread while this module runs (restored afterwards): on a 2-core machine shared with
+    other test runs, torch's OpenMP threads spin against each other and small convolutions get ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _parser():
@@ -136,7 +146,19 @@ def test_report_json_equals_the_python_api(cli_report, digits):
     assert [r["name"] for r in cmp["layers"]] == [g.name for g in sim.groups if g.out_quantized]
 
 
-def test_cli_summary_and_errors(digits, tmp_path):
+def test_summary_names_the_scores_and_the_worst_layers(cli_report):
+    *_, out = cli_report
+    doc = json.loads((out / "report.json").read_text())["sections"]
+    lines = summary_lines([Section(k, k, v) for k, v in doc.items()])
+    sens, folded = doc["sensitivity"], doc["weight_ranges"]["folded"]
+    assert lines[0].startswith(f"accuracy: float {sens['float']:.2%}, quantized {sens['quantized']:.2%}")
+    assert min(sens["layers"], key=lambda r: r["only"])["name"] in lines[1]
+    widest = max(folded, key=lambda n: folded[n]["spread"])
+    assert lines[2].startswith(f"widest weight spread (folded): {widest} ")
+    assert "100.0000%" in lines[3]
+
+
+def test_cli_errors(digits, tmp_path):
     d, *_ = digits
     rc, stdout, stderr = _run_cli(["analyze", "hwsim.digits:ResidualNet", "--target", "dsp-int8", "--data",
                                    str(d / "nope.npz"), "--out", str(tmp_path / "r")])
