@@ -93,7 +93,8 @@ def trained(name, cls, x, y, epochs=2, n=20000, lr=2e-3):
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((min(n, len(x)) + 127) // 128)) if epochs > 2 else None
     xt, yt = torch.from_numpy(x[:n]), torch.from_numpy(y[:n])
     model.train()
-    for _ in range(epochs):
+    for ep in range(epochs):
+        print(f"training {name}: epoch {ep + 1}/{epochs}", flush=True)
         perm = torch.randperm(len(xt))
         for i in range(0, len(xt), 128):
             b = perm[i:i + 128]

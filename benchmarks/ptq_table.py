@@ -86,7 +86,7 @@ def classifier_models(names):
             xtr, ytr, xte, yte = load("fashion-mnist")
             for n, cls in (("fmnist-mobilenetv2", MobileNetV2FMNIST), ("fmnist-resnet", ResNetFMNIST)):
                 if n in names:
-                    out[n] = (trained(n, cls, xtr, ytr, epochs=4, n=60000), xtr, ytr, xte, yte)
+                    out[n] = (trained(n, cls, xtr, ytr, epochs=3, n=60000), xtr, ytr, xte, yte)
     return out
 
 
