@@ -7,7 +7,8 @@ The score that ranks per-layer ratios is top-1 accuracy on (DATA, LABELS), or, w
 output SQNR (dB) against the uncompressed float model. DIR receives ``<name>_compressed.onnx`` (the
 compressed float model, batch norms folded), ``<name>_compression.json`` (the chosen ratios, costs,
 scores and the whole layer x ratio table) and ``compression_table.json`` (the cache that makes a rerun
-with the same model, data and settings evaluate nothing).
+with the same model, data and settings evaluate nothing), and ``<name>_ratios.png`` (per layer: score
+against kept fraction, the chosen ratio marked).
 """
 from __future__ import annotations
 
@@ -179,6 +180,11 @@ def cmd_compress(args) -> int:
         finetune(small, batches, epochs=args.finetune_epochs, lr=args.lr, progress=not args.json)
         result["score_finetuned"] = score(small)
     paths = _write(small, samples[0][:1], out_dir, args.name, result)
+    from quantizer.compress.plots import plot_table
+    from runtime.atomic import atomic_write_bytes
+
+    paths["plot"] = out_dir / f"{args.name}_ratios.png"
+    atomic_write_bytes(paths["plot"], plot_table(sel.table, sel.choices, f"{result['score']} vs kept fraction"))
     result["files"] = {k: str(v) for k, v in paths.items()}
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2, default=_json_default))

@@ -39,6 +39,7 @@ def test_compress_meets_target_and_writes_a_model_that_scores_as_reported(digits
     x, y = np.load(digits / "val.npz")["x"], np.load(digits / "y.npy")
     (out,) = sess.run(None, {sess.get_inputs()[0].name: x})
     assert float(np.mean(out.argmax(1) == y)) == pytest.approx(r["score_compressed"], abs=1 / 120 + 1e-9)
+    assert open(r["files"]["plot"], "rb").read(4) == b"\x89PNG"
     table = json.loads((tmp_path / "compression_table.json").read_text())
     assert table  # the cache exists; a rerun gives the same choice from it
     assert main(args) == 0
