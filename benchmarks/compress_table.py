@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import CACHE, DATA, MobileNetV2FMNIST, ResNetFMNIST, load, trained  # noqa: E402
+from models import CACHE, DATA, TRAINING, MobileNetV2FMNIST, ResNetFMNIST, load, trained  # noqa: E402
 
 ANCHORS = {"AIMET spatial SVD + channel pruning, 50 % MACs, ResNet-18 (ImageNet)": (69.76, 68.56),
            "AIMET spatial SVD + channel pruning, 50 % MACs, ResNet-50 (ImageNet)": (76.05, 75.75)}
@@ -84,7 +84,7 @@ def main():
     rows = []
     classes = {"fmnist-resnet": ResNetFMNIST, "fmnist-mobilenetv2": MobileNetV2FMNIST}
     for name in args.models:
-        model = trained(name, classes[name], xtr, ytr, epochs=3, n=60000)
+        model = trained(name, classes[name], xtr, ytr, **TRAINING[name])
         xe, ye = torch.from_numpy(xev), torch.from_numpy(yev)
 
         @torch.no_grad()
@@ -155,7 +155,7 @@ def mixed(args, xtr, ytr, xte, yte, xev, yev, calib, say):
     out = []
     classes = {"fmnist-resnet": ResNetFMNIST, "fmnist-mobilenetv2": MobileNetV2FMNIST}
     for name in args.models:
-        model = trained(name, classes[name], xtr, ytr, epochs=3, n=60000)
+        model = trained(name, classes[name], xtr, ytr, **TRAINING[name])
         sim = quantize(model, "npu-w4a8", calib)
         score = accuracy_score(xev, yev)
         names = weight_layers(sim)

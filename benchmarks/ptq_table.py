@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import CACHE, DATA, MobileNetV2FMNIST, ResNetFMNIST, SmallCNN, load, trained  # noqa: E402
+from models import CACHE, DATA, TRAINING, MobileNetV2FMNIST, ResNetFMNIST, SmallCNN, load, trained  # noqa: E402
 
 METHODS = ("nearest", "cle", "cle+bc", "adaround", "auto", "qat")
 ANCHORS = {  # published FP32 -> quantized (ImageNet top-1), for comparing drops
@@ -86,7 +86,7 @@ def classifier_models(names):
             xtr, ytr, xte, yte = load("fashion-mnist")
             for n, cls in (("fmnist-mobilenetv2", MobileNetV2FMNIST), ("fmnist-resnet", ResNetFMNIST)):
                 if n in names:
-                    out[n] = (trained(n, cls, xtr, ytr, epochs=3, n=60000), xtr, ytr, xte, yte)
+                    out[n] = (trained(n, cls, xtr, ytr, **TRAINING[n]), xtr, ytr, xte, yte)
     return out
 
 

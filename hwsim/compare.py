@@ -46,8 +46,8 @@ def compare(sim, x: np.ndarray, labels: np.ndarray | None = None, batch_size: in
     with torch.no_grad():
         for _, xb in it:
             t = torch.from_numpy(np.ascontiguousarray(xb, np.float32))
-            fl = sim._run_float((t,), fake=False)
-            fa = sim._run_float((t,), fake=True)
+            fl = sim.run_float((t,), fake=False)
+            fa = sim.run_float((t,), fake=True)
             ex = sim.run_exact((t,))
             res = prog.run_with_details({sim.input_names[0]: xb}, keep_tensors=True)
             for g in layers:

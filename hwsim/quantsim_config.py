@@ -59,7 +59,8 @@ from typing import Any
 
 import onnx.defs
 
-from runtime.errors import TargetError
+from runtime.errors import ResourceError, TargetError
+from runtime.graph import max_tensor_bytes
 from runtime.target import Target, load_target, parse_target
 
 __all__ = ["import_quantsim_config", "read_quantsim_config", "QuantsimConfig"]
@@ -88,10 +89,14 @@ def _load(path_or_dict) -> tuple[dict, str, list[str]]:
         return path_or_dict, "<quantsim config>", []
     path = Path(path_or_dict)
     try:
+        size, limit = path.stat().st_size, max_tensor_bytes()
+        if size > limit:
+            raise ResourceError(f"{path}: the quantsim config has {size} bytes, more than the limit of {limit} "
+                                "(HWSIM_MAX_TENSOR_BYTES)")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TargetError(f"{path}: quantsim config not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise TargetError(f"{path}: cannot read quantsim config: {e}") from None
     dups: list[str] = []
 
@@ -107,6 +112,8 @@ def _load(path_or_dict) -> tuple[dict, str, list[str]]:
         data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as e:
         raise TargetError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise TargetError(f"{path}: not a quantsim config: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise TargetError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
     return data, str(path), [f"duplicate key {k!r}: JSON keeps the last one" for k in dups]

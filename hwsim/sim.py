@@ -476,6 +476,11 @@ class SimModel(nn.Module):
             res = [vals[o] for o in self.output_names]
         return res[0] if len(res) == 1 else tuple(res)
 
+    def run_float(self, inputs, fake: bool = False) -> dict[str, torch.Tensor]:
+        """Every value of the model (fx value name -> tensor) for ``inputs`` (a tuple, one tensor per
+        model input): in float (``fake=False``) or with fast mode's fake quantization (``fake=True``)."""
+        return self._run_float(inputs, fake=fake)
+
     def _run_float(self, inputs, fake: bool = False, observe: bool = False) -> dict:
         if len(inputs) != len(self.input_names):
             raise HwsimError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "

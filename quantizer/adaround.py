@@ -245,8 +245,8 @@ def _collect(sim, layer: _Layer, inputs, float_weights, bound: int, chunk: int, 
             break
         ins = tuple(t[i:i + chunk] for t in inputs)
         with _Swap(sim, float_weights):
-            x_f = sim._run_float(ins, fake=False)[src]
-        x_q = sim._run_float(ins, fake=True)[src]
+            x_f = sim.run_float(ins, fake=False)[src]
+        x_q = sim.run_float(ins, fake=True)[src]
         pick = None
         if layer.conv:
             oh, ow = layer.out_positions(x_f)

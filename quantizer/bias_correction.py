@@ -70,7 +70,7 @@ def layer_output_means(sim, batches, fake: bool) -> dict[str, np.ndarray]:
     counts: dict[str, int] = {}
     n = 0
     for b in batches:
-        vals = sim._run_float(_as_tuple(b), fake=fake)
+        vals = sim.run_float(_as_tuple(b), fake=fake)
         for g in groups:
             s, c = _channel_mean(sim._float_op(g, vals, fake))
             sums[g.name] = sums.get(g.name, 0) + s

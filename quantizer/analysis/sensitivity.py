@@ -171,18 +171,18 @@ def sensitivity(sim, x=None, labels=None, *, eval_fn=None, batch_size: int = 256
             metric = "accuracy"
 
             def score():
-                hit = sum(int((sim._run_float((b,), fake=True)[out_name].argmax(-1) == t).sum())
+                hit = sum(int((sim.run_float((b,), fake=True)[out_name].argmax(-1) == t).sum())
                           for b, t in zip(batches, ys))
                 return hit / samples
         else:
             metric = "output_sqnr_db"
             with torch.no_grad():
-                ref = [_f64(sim._run_float((b,), fake=False)[out_name]) for b in batches]
+                ref = [_f64(sim.run_float((b,), fake=False)[out_name]) for b in batches]
 
             def score():
                 sig = noise = 0.0
                 for b, r in zip(batches, ref):
-                    d = _f64(sim._run_float((b,), fake=True)[out_name]) - r
+                    d = _f64(sim.run_float((b,), fake=True)[out_name]) - r
                     sig, noise = sig + _sumsq(r), noise + _sumsq(d)
                 return _db(sig, noise)
 
@@ -242,7 +242,7 @@ def activation_histograms(sim, x, bins: int = 64, batch_size: int = 256, progres
     hi = {n: -np.inf for n in names}
     with torch.no_grad():
         for xb in _progress(list(_batches(sim, x, batch_size, "activation_histograms")), progress, "ranges", "batch"):
-            vals = sim._run_float((xb,), fake=False)
+            vals = sim.run_float((xb,), fake=False)
             for n in names:
                 lo[n] = min(lo[n], float(vals[n].min()))
                 hi[n] = max(hi[n], float(vals[n].max()))
@@ -259,7 +259,7 @@ def activation_histograms(sim, x, bins: int = 64, batch_size: int = 256, progres
                       "edges": np.linspace(a, b, bins + 1), "counts": np.zeros(bins, np.int64)}
         for xb in _progress(list(_batches(sim, x, batch_size, "activation_histograms")), progress, "histograms",
                             "batch"):
-            vals = sim._run_float((xb,), fake=False)
+            vals = sim.run_float((xb,), fake=False)
             for n in names:
                 v = _f64(vals[n]).reshape(-1)
                 r = res[n]
@@ -284,8 +284,8 @@ def layer_output_mse(sim, x, batch_size: int = 256, progress: bool = True) -> li
     with quantizers_enabled(sim, all_quantizers(sim)), torch.no_grad():
         for xb in _progress(list(_batches(sim, x, batch_size, "layer_output_mse")), progress, "output error",
                             "batch"):
-            fl = sim._run_float((xb,), fake=False)
-            fa = sim._run_float((xb,), fake=True)
+            fl = sim.run_float((xb,), fake=False)
+            fa = sim.run_float((xb,), fake=True)
             for _, _, t in layers:
                 r = _f64(fl[t])
                 a = acc[t]

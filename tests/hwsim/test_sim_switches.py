@@ -27,10 +27,10 @@ def test_all_disabled_is_float_and_reenabling_restores_fast():
 
 def test_disabling_one_weight_quantizer_changes_only_downstream_values():
     sim, x = small_calibrated_sim("npu-int8-pc")
-    full = sim._run_float((x,), fake=True)
+    full = sim.run_float((x,), fake=True)
     g = next(g for g in sim.groups if g.head.op_type == "Conv")
     sim.weight_q[g.name.replace(".", "_")].enabled = False
-    part = sim._run_float((x,), fake=True)
+    part = sim.run_float((x,), fake=True)
     assert not torch.equal(full[g.output], part[g.output])
     first = sim.groups.index(g)
     for earlier in sim.groups[:first]:

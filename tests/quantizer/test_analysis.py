@@ -209,12 +209,12 @@ def test_one_layer_quantized_changes_only_its_downstream(residual):
     sim, x, _ = residual
     xb = x[:16]
     with torch.no_grad():
-        ref = sim._run_float((xb,), fake=False)
+        ref = sim.run_float((xb,), fake=False)
         for layer in quantized_layers(sim):
             g = next((g for g in sim.groups if g.name == layer["name"]), None)
             value = layer["name"] if g is None else g.output
             with quantizers_enabled(sim, layer["quantizers"]):
-                got = sim._run_float((xb,), fake=True)
+                got = sim.run_float((xb,), fake=True)
             down = _downstream(sim, value)
             for v, t in ref.items():
                 if v not in down:

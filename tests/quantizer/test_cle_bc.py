@@ -174,7 +174,7 @@ def test_cle_relu6_scale_bound_is_exact(seed):
     assert (ratio[~may_hit] - 1).abs().max() > 1e-3                               # the others were equalized
     # the equalized output channels still never reach the bound: the clamp is exact
     sim.mode = "float"
-    vals = sim._run_float((x,))
+    vals = sim.run_float((x,))
     pre = sim._float_op(sim.groups[0], vals, False)
     assert (pre.transpose(0, 1).flatten(1).amax(1)[~may_hit] <= 6).all()
 
