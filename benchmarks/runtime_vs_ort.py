@@ -12,10 +12,10 @@ MatMulInteger) against ours on the same data, first-call times with a cold and a
 (fresh processes), and each model's peak resident memory at batch 32 (fresh processes).
 
 Thread counts are applied to all three pools: Numba's, the BLAS behind numpy (threadpoolctl) and
-ONNX Runtime's intra-op pool. Numba's OpenMP workers are made to sleep rather than spin between
-parallel regions (OMP_WAIT_POLICY=PASSIVE, unless set): spinning workers starve the BLAS threads
-and any other process on a 2-core machine (measured: ShuffleNet batch 1 with 2 threads took 1.2 s
-instead of 60 ms while other processes ran). The load average is printed before and after. The model-zoo ShuffleNet has batch 1 written into its Reshape shapes;
+ONNX Runtime's intra-op pool. Numba's OpenMP workers sleep rather than spin between parallel regions
+(OMP_WAIT_POLICY=PASSIVE, set by runtime/numba_config.py unless the user set it), and the runtime runs
+steps with small inputs on one thread (runtime.numba_config.threads_for): on a shared 2-core machine
+small parallel regions wait for workers the scheduler has not run. The load average is printed before and after. The model-zoo ShuffleNet has batch 1 written into its Reshape shapes;
 the batch-32 copy is made by rewriting the leading 1 of those shapes and of the graph's input and
 output (benchmark only). Timings are the best of ``--repeats`` runs after a warm-up; other load on
 the machine inflates them (the 2-thread rows most).
@@ -37,7 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before Numba starts its OpenMP pool (see above)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as runtime/numba_config.py, before Numba's OpenMP pool starts
 
 import numba  # noqa: E402
 import onnx  # noqa: E402
@@ -143,14 +143,15 @@ def numpy_int64_macs(layers):
 
 
 def our_macs(layers):
-    """The same layers through our kernels (accumulators and the target's accumulator policy)."""
-    from runtime.kernels.mac import apply_accumulator, conv_acc, matmul_acc
+    """The same layers through our kernels as the program runs them (accumulators on the weights the
+    plan step prepared, and the target's accumulator policy)."""
+    from runtime.kernels.mac import apply_accumulator, conv_accumulate, matmul_acc
     from runtime.ops.mac import ConvStep
 
     for s, x in layers:
         if isinstance(s, ConvStep):
-            acc = conv_acc(x, s.x_zp, s.w, s.w_zp, s.bias, s.strides, s.pads, s.dilations, s.group,
-                           pair_saturation=s.mac.pair_saturation, pair_order=s.mac.pair_order)
+            acc = conv_accumulate(x, s.x_zp, s.weights, s.bias, s.strides, s.pads, s.dilations,
+                                  pair_saturation=s.mac.pair_saturation)
         else:
             acc = matmul_acc(x, s.a_zp, s.b.T if s.trans_b else s.b, s.b_zp, s.bias,
                              pair_saturation=s.mac.pair_saturation)

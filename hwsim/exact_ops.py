@@ -31,6 +31,29 @@ def clamp_bounds(target, acts, enc: Encoding) -> tuple[int, int]:
     return lo, hi
 
 
+def count_bounds(target, acts, enc: Encoding) -> tuple[int, int]:
+    """The range outside which a value counts as saturated (as runtime.plan.Planner.saturation_bounds):
+    the dtype's [qmin, qmax], except on a side where a fused Relu/Clip bounds the value at or inside
+    it (its bound on the integer grid, before the dtype's clamp): there nothing is counted."""
+    from runtime.dtypes import INT32
+    from runtime.ops.common import NO_COUNT
+
+    wide = Encoding(scale=enc.scale, zero_point=enc.zero_point, dtype=INT32, granularity=enc.granularity)
+    rnd = target.arithmetic.rounding.quantize
+    c_lo, c_hi = int(enc.qmin), int(enc.qmax)
+    for a in acts:
+        fmin, fmax = (0.0, None) if a.op_type == "Relu" else (a.attrs.get("min"), a.attrs.get("max"))
+        if fmin is not None and int(np_quantize(np.float32(fmin), wide, rnd)) >= enc.qmin:
+            c_lo = -NO_COUNT
+        if fmax is not None and int(np_quantize(np.float32(fmax), wide, rnd)) <= enc.qmax:
+            c_hi = NO_COUNT
+    return c_lo, c_hi
+
+
+def _saturated(y: torch.Tensor, count) -> int:
+    return int(((y < count[0]) | (y > count[1])).sum())
+
+
 def _i64(a, device) -> torch.Tensor:
     return torch.as_tensor(np.array(a, np.int64), device=device)
 
@@ -66,6 +89,7 @@ def exact_group(sim, g, vals, stats) -> torch.Tensor:
     x_encs = [sim.quantizer_of(i).encoding for i in op.inputs]
     y_enc = sim.quantizer_of(g.output).encoding
     lo, hi = clamp_bounds(t, g.acts, y_enc)
+    count = count_bounds(t, g.acts, y_enc)
     xs = [vals[i] for i in op.inputs]
     if op.op_type in ("Conv", "Gemm"):
         w, zw, b = weight_integers(sim, g)
@@ -74,7 +98,7 @@ def exact_group(sim, g, vals, stats) -> torch.Tensor:
             raise UnsupportedError(f"{op.name}: per-block weights are not supported by the integer runtime's Conv/Gemm")
         n_out = w.shape[0]
         s_w = _weight_scales(wenc, n_out)
-        rq = Requant.prepare(t, x_encs[0].scale, s_w, y_enc.scale, int(y_enc.zero_point), y_enc.qmin, y_enc.qmax, lo, hi)
+        rq = Requant.prepare(t, x_encs[0].scale, s_w, y_enc.scale, int(y_enc.zero_point), count[0], count[1], lo, hi)
         a = ar.accumulator
         xd, wd = x_encs[0].dtype, wenc.dtype
         depthwise = op.op_type == "Conv" and w.shape[1] == 1 and w.shape[0] == op.attrs["group"]
@@ -110,24 +134,24 @@ def exact_group(sim, g, vals, stats) -> torch.Tensor:
                 y = X.add_float32(xs[0], xs[1], z1, z2, params[0], params[1], zo)
             else:
                 y = X.mul_float32(xs[0], xs[1], z1, z2, params[0], zo)
-        stats["saturation"] += int(((y < y_enc.qmin) | (y > y_enc.qmax)).sum())
+        stats["saturation"] += _saturated(y, count)
         return torch.clamp(y, lo, hi)
     if op.op_type in ("Relu", "Clip"):
         lo, hi = clamp_bounds(t, [op] + g.acts, y_enc)
-        return requantize(t, xs[0], x_encs[0], y_enc, lo, hi, stats)
+        return requantize(t, xs[0], x_encs[0], y_enc, lo, hi, stats, count_bounds(t, [op] + g.acts, y_enc))
     if op.op_type == "Concat":
         parts = [x if (e == y_enc and lo == y_enc.qmin and hi == y_enc.qmax) else
-                 requantize(t, x, e, y_enc, lo, hi, stats) for x, e in zip(xs, x_encs)]
+                 requantize(t, x, e, y_enc, lo, hi, stats, count) for x, e in zip(xs, x_encs)]
         return torch.cat(parts, op.attrs["axis"])
     if op.op_type == "GlobalAveragePool":
-        return _global_avg(t, xs[0], x_encs[0], y_enc, lo, hi, stats)
+        return _global_avg(t, xs[0], x_encs[0], y_enc, lo, hi, stats, count)
     if op.op_type == "AveragePool":
-        return _avg_pool(t, op, xs[0], x_encs[0], y_enc, lo, hi, stats)
+        return _avg_pool(t, op, xs[0], x_encs[0], y_enc, lo, hi, stats, count)
     if op.op_type in ("MaxPool", "Flatten", "Reshape"):  # quantized movement output: move, then requantize
         y = _movement(op, {op.inputs[0]: xs[0]})
         if x_encs[0] == y_enc and (lo, hi) == (y_enc.qmin, y_enc.qmax):
             return y
-        return requantize(t, y, x_encs[0], y_enc, lo, hi, stats)
+        return requantize(t, y, x_encs[0], y_enc, lo, hi, stats, count)
     raise UnsupportedError(f"node {op.name!r}: {op.op_type} has no exact (integer) implementation")
 
 
@@ -147,8 +171,13 @@ def _movement(op, vals) -> torch.Tensor:
     raise UnsupportedError(f"node {op.name!r}: {op.op_type} is not a data-movement op")
 
 
-def requantize(target, x, src: Encoding, dst: Encoding, lo, hi, stats) -> torch.Tensor:
-    """runtime.ops.quantize_ops.RequantizeStep in torch."""
+def requantize(target, x, src: Encoding, dst: Encoding, lo, hi, stats, count=None) -> torch.Tensor:
+    """runtime.ops.quantize_ops.RequantizeStep in torch (``count``: saturation-count bounds, default
+    runtime.ops.common.saturation_bounds of the clamp)."""
+    from runtime.ops.common import saturation_bounds
+
+    if count is None:
+        count = saturation_bounds(dst.qmin, dst.qmax, lo, hi)
     dev = x.device
     if target.arithmetic.requant.form == "fixed_point":
         m, e = quantize_multiplier(float(np.float64(src.scale) / np.float64(dst.scale)))
@@ -160,11 +189,11 @@ def requantize(target, x, src: Encoding, dst: Encoding, lo, hi, stats) -> torch.
         f = X.dequantize(x, torch.tensor(np.float32(src.scale), device=dev), _i64(src.zero_point, dev))
         y = X.quantize(f, torch.tensor(np.float32(dst.scale), device=dev), _i64(dst.zero_point, dev),
                        X.INT32_MIN, X.INT32_MAX, target.arithmetic.rounding.quantize)
-    stats["saturation"] += int(((y < dst.qmin) | (y > dst.qmax)).sum())
+    stats["saturation"] += _saturated(y, count)
     return torch.clamp(y, lo, hi)
 
 
-def _global_avg(target, x, xe: Encoding, ye: Encoding, lo, hi, stats) -> torch.Tensor:
+def _global_avg(target, x, xe: Encoding, ye: Encoding, lo, hi, stats, count) -> torch.Tensor:
     n = int(np.prod(x.shape[2:]))
     s = x.sum(dim=(2, 3), keepdim=True)
     if target.arithmetic.requant.form == "float32":  # ONNX Runtime QLinearGlobalAveragePool
@@ -179,11 +208,11 @@ def _global_avg(target, x, xe: Encoding, ye: Encoding, lo, hi, stats) -> torch.T
         m, e = _fold_count(m, e, n)
         rnd = target.arithmetic.elementwise.rounding or "double"
         y = X.mbqm(s - int(xe.zero_point) * n, _i64(m, x.device), _i64(e, x.device), rnd) + int(ye.zero_point)
-    stats["saturation"] += int(((y < ye.qmin) | (y > ye.qmax)).sum())
+    stats["saturation"] += _saturated(y, count)
     return torch.clamp(y, lo, hi)
 
 
-def _avg_pool(target, op, x, xe: Encoding, ye: Encoding, lo, hi, stats) -> torch.Tensor:
+def _avg_pool(target, op, x, xe: Encoding, ye: Encoding, lo, hi, stats, count) -> torch.Tensor:
     a = op.attrs
     kh, kw = a["kernel"]
     sh, sw = a["strides"]
@@ -228,4 +257,4 @@ def _avg_pool(target, op, x, xe: Encoding, ye: Encoding, lo, hi, stats) -> torch
     v = torch.where(cnt > 0, v, torch.full_like(v, zx))
     if xe == ye and (lo, hi) == (ye.qmin, ye.qmax):
         return v
-    return requantize(target, v, xe, ye, lo, hi, stats)
+    return requantize(target, v, xe, ye, lo, hi, stats, count)

@@ -236,21 +236,49 @@ class Planner:
                 return None
             out = u.outputs[0]
 
+    def saturation_bounds(self, acts: list[Node], enc: Encoding) -> tuple[int, int]:
+        """The range outside which a requantized value counts as saturated, given the fused Relu/Clip
+        nodes ``acts``: the dtype's [qmin, qmax], except on a side where an activation bounds the
+        value at or inside the range -- its own bound on the integer grid (target rounding, before
+        the dtype's clamp) is >= qmin (low side) or <= qmax (high side). There the activation alone
+        would clamp every value the dtype clamps, so nothing is lost and nothing is counted (the
+        side's bound becomes -/+ ``runtime.ops.common.NO_COUNT``). Example: Relu on uint8 with zero
+        point 0: negative sums are the Relu's business, only values above 255 count.
+        """
+        from .dtypes import INT32
+        from .ops.common import NO_COUNT
+        from .quantize import quantize
+
+        wide = Encoding(scale=enc.scale, zero_point=enc.zero_point, dtype=INT32, granularity=enc.granularity)
+        rounding = self.target.arithmetic.rounding.quantize
+        c_lo, c_hi = int(enc.qmin), int(enc.qmax)
+        for fmin, fmax in self._activation_limits(acts):
+            if fmin is not None and int(quantize(np.float32(fmin), wide, rounding)) >= enc.qmin:
+                c_lo = -NO_COUNT
+            if fmax is not None and int(quantize(np.float32(fmax), wide, rounding)) <= enc.qmax:
+                c_hi = NO_COUNT
+        return c_lo, c_hi
+
+    def _activation_limits(self, acts: list[Node]):
+        """(float min or None, float max or None) of each Relu/Clip node."""
+        for a in acts:
+            if a.op_type == "Relu":
+                yield 0.0, None
+                continue
+            fmin = a.attr("min") if a.attr("min") is not None else None
+            fmax = a.attr("max") if a.attr("max") is not None else None
+            if a.input(1) is not None:
+                fmin = float(self.const(a, 1, "Clip min"))
+            if a.input(2) is not None:
+                fmax = float(self.const(a, 2, "Clip max"))
+            yield fmin, fmax
+
     def activation_bounds(self, acts: list[Node], enc: Encoding) -> tuple[int, int]:
         """Integer clamp bounds of fused Relu/Clip nodes on the output grid (target rounding)."""
         from .quantize import quantize
 
         lo, hi = int(enc.qmin), int(enc.qmax)
-        for a in acts:
-            if a.op_type == "Relu":
-                fmin, fmax = 0.0, None
-            else:
-                fmin = a.attr("min") if a.attr("min") is not None else None
-                fmax = a.attr("max") if a.attr("max") is not None else None
-                if a.input(1) is not None:
-                    fmin = float(self.const(a, 1, "Clip min"))
-                if a.input(2) is not None:
-                    fmax = float(self.const(a, 2, "Clip max"))
+        for fmin, fmax in self._activation_limits(acts):
             rounding = self.target.arithmetic.rounding.quantize
             if fmin is not None:
                 lo = max(lo, int(quantize(np.float32(fmin), enc, rounding)))

@@ -14,6 +14,7 @@ import numpy as np
 
 from .encoding import Encoding
 from .errors import DataError, HwsimError
+from .numba_config import threads_for
 from .target import Target
 
 
@@ -99,8 +100,10 @@ class Program:
         for step in self.steps:
             st = LayerStats(step.op_type)
             t0 = time.perf_counter()
+            args = [env[i] if i else None for i in step.inputs]
             try:
-                results = step.compute(*(env[i] if i else None for i in step.inputs), stats=st)
+                with threads_for(sum(a.size for a in args if a is not None)):
+                    results = step.compute(*args, stats=st)
             except HwsimError as e:
                 raise type(e)(f"{self.source}: {step.describe()}: {e}") from None
             st.seconds = time.perf_counter() - t0

@@ -47,6 +47,12 @@ bit; tests/runtime/test_mac_fastpaths.py forces each one):
   max(a0*hi0, a0*lo0) + max(a1*hi1, a1*lo1) (column extremes) is used. On ShuffleNet's real
   activations the bucket test flags 1.6 % of the pairs (0.8 % truly saturate), the column-extreme
   test 13 %.
+- **Prepared weights and narrow accumulators.** :class:`ConvWeights` holds the weight side of a
+  conv (centred weights, bounds, the GEMM/depthwise operands per exact-sum type, the pair tables);
+  the integer program builds it once at plan time and :func:`conv_accumulate` reuses it on every
+  call. When K*max|a-za|*max|w-zw| + max|bias| (+ the pair corrections' bound) < 2^31 the
+  accumulators are stored as int32, halving the traffic of the requantization that reads them;
+  :func:`conv_acc` returns them as int64.
 - Numba details that matter for speed: int32 (not Numba's default int64) arithmetic in the pair
   kernels, loops counting from 0 and unsigned computed indices (a signed computed index costs a
   negative-index test per element and blocks vectorization).
@@ -833,16 +839,17 @@ def _is_pointwise(kh, kw, geom, h, wd) -> bool:
     return kh == kw == 1 and ph == pw == 0 and oh == -(-h // sh) and ow == -(-wd // sw)
 
 
-def _conv_exact_gemm(xi, zx, wc, group, geom, dtype, chunk, bias, narrow, out3):
+def _conv_exact_gemm(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow, out3):
     """The exact centred sums of a conv by (implicit) im2col + GEMM into out3 [N, M, P] (+ bias)."""
     n, c, h, wd = xi.shape
-    m, cg, kh, kw = wc.shape
+    m, cg, kh, kw = cw.shape
+    group = cw.group
     sh, sw, dh, dw, ph, pw, oh, ow = geom
     mg = m // group
     k = cg * kh * kw
     n_pix = oh * ow
     flat = group == 1 and _is_pointwise(kh, kw, geom, h, wd) and sh == sw == 1
-    w2 = wc.reshape(m, k).astype(dtype)
+    w2 = cw.gemm(dtype)
     for n0, n1 in _batch_slices(n, k * n_pix * np.dtype(dtype).itemsize):
         xs = xi[n0:n1]
         for g in range(group):
@@ -868,21 +875,21 @@ def _raw_operand(x, zx, group, kh, kw, geom, order):
     return a3
 
 
-def _conv_exact(xi, zx, wc, group, geom, dtype, chunk, bias, narrow, out3):
+def _conv_exact(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow, out3):
     """The exact centred sums (+ bias) of a conv into out3 [N, M, P]: direct kernel for one input
     channel per group, (implicit) im2col + GEMM otherwise."""
     n, c, h, wd = xi.shape
-    m, cg, kh, kw = wc.shape
+    m, cg, kh, kw = cw.shape
     sh, sw, dh, dw, ph, pw, oh, ow = geom
     if cg == 1:  # depthwise, any multiplier
         if chunk < kh * kw:  # the float32 chunking does not apply to a direct kernel
             dtype = np.float64 if dtype == np.float32 else dtype
         hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)  # the padded rows/columns actually read
         wp = max(wd + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
-        _depthwise(xi, zx, dtype == np.float32, ph, pw, hp, wp, np.ascontiguousarray(wc[:, 0], dtype=dtype),
-                   m // group, sh, sw, dh, dw, bias, min(n * m, DEPTHWISE_ITEMS), out3.reshape(n, m, oh, ow))
+        _depthwise(xi, zx, dtype == np.float32, ph, pw, hp, wp, cw.depthwise(dtype), m // cw.group, sh, sw, dh, dw,
+                   bias, min(n * m, DEPTHWISE_ITEMS), out3.reshape(n, m, oh, ow))
     else:
-        _conv_exact_gemm(xi, zx, wc, group, geom, dtype, chunk, bias, narrow, out3)
+        _conv_exact_gemm(xi, zx, cw, geom, dtype, chunk, bias, narrow, out3)
 
 
 def _conv_pair_correction_int64(x, zx, w, group, geom, hwc, out3):
@@ -909,22 +916,108 @@ def _conv_pair_correction_int64(x, zx, w, group, geom, hwc, out3):
         out3[:, g * mg:(g + 1) * mg] += (paired - exact).reshape(n, oh * ow, mg).transpose(0, 2, 1)
 
 
+class ConvWeights:
+    """The weight side of a convolution, prepared once (the integer program builds it at plan time)
+    and reused by every call of :func:`conv_accumulate`: raw weights [M, C/group, kH, kW] (1-D
+    convolutions as kH = 1), per-output-channel zero points, centred weights and their bounds, and
+    on demand -- cached, as their type depends on the input's range -- the GEMM matrix [M, K] or the
+    depthwise taps [M, kH, kW] in the exact-sum type, and the pair-saturation tables.
+    """
+
+    def __init__(self, w, w_zero_point, group: int, pair_order: str = "hwc"):
+        w = _as_int(w, "W")
+        self.one_d = w.ndim == 3
+        if self.one_d:
+            w = w[:, :, None, :]
+        if w.ndim != 4:
+            raise HwsimError(f"Conv expects [M, C/group, kH, kW] weights, found shape {w.shape}")
+        m = w.shape[0]
+        group = int(group)
+        if group < 1 or m % group:
+            raise HwsimError(f"Conv: {m} output channels are not divisible by group {group}")
+        zw = np.asarray(w_zero_point, np.int64).reshape(-1)
+        zw = np.repeat(zw, m) if zw.size == 1 else zw
+        if zw.size != m:
+            raise HwsimError(f"Conv: weight zero point has {zw.size} values, expected 1 or {m}")
+        self.w = w
+        self.shape = w.shape
+        self.group = group
+        self.zw = np.ascontiguousarray(zw)
+        self.pair_order = pair_order
+        self.wc = w.astype(np.int64) - zw.reshape(m, 1, 1, 1)
+        self.wmax = _abs_max(self.wc)
+        self.wrmax = _abs_max(w)
+        self._cache: dict = {}
+
+    def gemm(self, dtype) -> np.ndarray:
+        """Centred weights as the GEMM's left operand [M, cg*kH*kW] in ``dtype``."""
+        key = ("gemm", np.dtype(dtype))
+        if key not in self._cache:
+            self._cache[key] = np.ascontiguousarray(self.wc.reshape(self.shape[0], -1), dtype=dtype)
+        return self._cache[key]
+
+    def depthwise(self, dtype) -> np.ndarray:
+        """Centred taps [M, kH, kW] of a one-input-channel-per-group conv in ``dtype``."""
+        key = ("depthwise", np.dtype(dtype))
+        if key not in self._cache:
+            self._cache[key] = np.ascontiguousarray(self.wc[:, 0], dtype=dtype)
+        return self._cache[key]
+
+    def prepare(self, x_min: int, x_max: int, x_zero_point: int, pair_saturation: bool) -> None:
+        """Build now the operands that calls on inputs within [x_min, x_max] will use (the exact-sum
+        type follows from the range's bound, as in :func:`conv_accumulate`)."""
+        m, cg, kh, kw = self.shape
+        k = cg * kh * kw
+        zx = int(x_zero_point)
+        dtype, chunk = _exact_dtype(k, max(int(x_max) - zx, zx - int(x_min), 0), self.wmax)
+        if cg == 1:
+            self.depthwise(np.float64 if dtype == np.float32 and chunk < kh * kw else dtype)
+        else:
+            self.gemm(dtype)
+        if pair_saturation:
+            self.pairs(int(x_min) >= 0 and zx >= 0)
+
+    def pairs(self, nonneg: bool):
+        """(reduction order, raw weights in it [G, K, mg], pair tables) for the pair-saturation kernels."""
+        key = ("pairs", bool(nonneg))
+        if key not in self._cache:
+            m, cg, kh, kw = self.shape
+            order = _reduction_order(cg, kh, kw, self.pair_order == "hwc")
+            kc, ki, kj = order
+            wk = self.w.reshape(self.group, m // self.group, cg, kh, kw)[:, :, kc, ki, kj].transpose(0, 2, 1)
+            self._cache[key] = (order, wk, _pair_tables(wk, nonneg))
+        return self._cache[key]
+
+
 def conv_acc(x, x_zero_point, w, w_zero_point, bias, strides, pads, dilations, group,
              pair_saturation=False, pair_order="hwc") -> np.ndarray:
     """ONNX Conv(Integer) accumulators for 1-D (NCW) and 2-D (NCHW) inputs, int64 [N, M, ...]."""
+    acc = conv_accumulate(x, x_zero_point, ConvWeights(w, w_zero_point, group, pair_order), bias, strides, pads,
+                          dilations, pair_saturation)
+    return acc.astype(np.int64, copy=False)
+
+
+def conv_accumulate(x, x_zero_point, weights: ConvWeights, bias, strides, pads, dilations,
+                    pair_saturation=False) -> np.ndarray:
+    """:func:`conv_acc` on prepared weights, in int32 when a bound proves every accumulator (bias
+    and pair corrections included) below 2^31 in magnitude, int64 otherwise (half the memory traffic
+    for the requantization that reads them)."""
+    cw = weights
     x = _as_int(x, "X")
-    w = _as_int(w, "W")
     one_d = x.ndim == 3
+    if one_d != cw.one_d:
+        raise HwsimError(f"Conv: input {x.shape} and weights {cw.w.shape} are not both 1-D or both 2-D")
     if one_d:
-        x, w = x[:, :, None, :], w[:, :, None, :]
+        x = x[:, :, None, :]
         strides, dilations = (1,) + tuple(strides), (1,) + tuple(dilations)
         pads = (0, pads[0], 0, pads[1])
-    if x.ndim != 4 or w.ndim != 4:
-        raise HwsimError(f"Conv expects NCHW input and [M, C/group, kH, kW] weights, found {x.shape} and {w.shape}")
+    if x.ndim != 4:
+        raise HwsimError(f"Conv expects NCHW input and [M, C/group, kH, kW] weights, found {x.shape} and {cw.w.shape}")
     n, c, h, wd = x.shape
-    m, cg, kh, kw = w.shape
-    if c != cg * group or m % group:
-        raise HwsimError(f"Conv: {c} input channels, weights {w.shape} and group {group} do not agree")
+    m, cg, kh, kw = cw.shape
+    group = cw.group
+    if c != cg * group:
+        raise HwsimError(f"Conv: {c} input channels, weights {cw.w.shape} and group {group} do not agree")
     sh, sw = strides
     dh, dw = dilations
     ph, pw, peh, pew = pads
@@ -933,47 +1026,43 @@ def conv_acc(x, x_zero_point, w, w_zero_point, bias, strides, pads, dilations, g
     if oh < 1 or ow < 1:
         raise HwsimError(f"Conv output would be empty ({oh}x{ow}) for input {x.shape} and kernel {(kh, kw)}")
     zx = int(x_zero_point)
-    zw = np.asarray(w_zero_point, np.int64).reshape(-1)
-    zw = np.repeat(zw, m) if zw.size == 1 else zw
-    if zw.size != m:
-        raise HwsimError(f"Conv: weight zero point has {zw.size} values, expected 1 or {m}")
-    mg = m // group
+    zw = cw.zw
     bias64 = np.zeros(m, np.int64) if bias is None else np.asarray(bias, np.int64).reshape(-1)
-    out3 = np.empty((n, m, oh * ow), np.int64)
-    if out3.size:
-        x_lo, x_hi = int(x.min()), int(x.max())
-        xmax = max(abs(x_lo), abs(x_hi), abs(zx))  # raw magnitude, padded taps included
-        xi = np.ascontiguousarray(x, dtype=np.int32 if xmax < 1 << 31 else np.int64)
-        wc = w.astype(np.int64) - zw.reshape(m, 1, 1, 1)
-        amax, wmax = max(x_hi - zx, zx - x_lo, 0), _abs_max(wc)
-        k = cg * kh * kw
-        dtype, chunk = _exact_dtype(k, amax, wmax)
-        geom = (sh, sw, dh, dw, ph, pw, oh, ow)
-        narrow = k * max(1, amax * wmax) < (1 << 31)
-        tables = None
-        if pair_saturation:
-            wrmax = _abs_max(w)
-            if not _int32_safe(k, xmax, wrmax):
-                _conv_exact(xi, zx, wc, group, geom, dtype, chunk, bias64, narrow, out3)
-                _conv_pair_correction_int64(x, zx, w, group, geom, pair_order == "hwc", out3)
-                return _conv_shape(out3, n, m, oh, ow, one_d)
-            if 2 * xmax * wrmax > I16_MAX:  # else no pair can leave the int16 range
-                order = _reduction_order(cg, kh, kw, pair_order == "hwc")
-                kc, ki, kj = order
-                wk = w.reshape(group, mg, cg, kh, kw)[:, :, kc, ki, kj].transpose(0, 2, 1)  # [G, K, mg]
-                tables = _pair_tables(wk, x_lo >= 0 and zx >= 0)
-        if tables is None:
-            _conv_exact(xi, zx, wc, group, geom, dtype, chunk, bias64, narrow, out3)
+    if bias64.size != m:
+        raise HwsimError(f"Conv: bias has {bias64.size} values, expected {m}")
+    if not (n and m and oh * ow):
+        return _conv_shape(np.zeros((n, m, oh * ow), np.int64), n, m, oh, ow, one_d)
+    x_lo, x_hi = int(x.min()), int(x.max())
+    xmax = max(abs(x_lo), abs(x_hi), abs(zx))  # raw magnitude, padded taps included
+    amax, wmax, wrmax = max(x_hi - zx, zx - x_lo, 0), cw.wmax, cw.wrmax
+    k = cg * kh * kw
+    # every accumulator: |centred sum| + |bias| + |pair corrections| (each pair moves by < its raw product)
+    bound = k * amax * wmax + _abs_max(bias64) + (k // 2 + 1) * 2 * xmax * wrmax * bool(pair_saturation)
+    out3 = np.empty((n, m, oh * ow), np.int32 if bound < 1 << 31 else np.int64)
+    xi = np.ascontiguousarray(x, dtype=np.int32 if xmax < 1 << 31 else np.int64)
+    dtype, chunk = _exact_dtype(k, amax, wmax)
+    geom = (sh, sw, dh, dw, ph, pw, oh, ow)
+    narrow = k * max(1, amax * wmax) < (1 << 31)
+    tables = None
+    if pair_saturation:
+        if not _int32_safe(k, xmax, wrmax):
+            _conv_exact(xi, zx, cw, geom, dtype, chunk, bias64, narrow, out3)
+            _conv_pair_correction_int64(x, zx, cw.w, group, geom, cw.pair_order == "hwc", out3)
             return _conv_shape(out3, n, m, oh, ow, one_d)
-        for n0, n1 in _batch_slices(n, group * k * oh * ow * 4):
-            a3 = _raw_operand(xi[n0:n1], zx, group, kh, kw, geom, order)
-            flags, flagged = _pair_flag_pass(tables, a3)
-            if _dense_is_cheaper(tables, flagged, a3):
-                _pair_direct(tables, a3, zx, zw, bias64, wk, out3[n0:n1])
-                continue
-            _conv_exact(xi[n0:n1], zx, wc, group, geom, dtype, chunk, bias64, narrow, out3[n0:n1])
-            if flagged:
-                _pair_sparse(tables, a3, flags, out3[n0:n1])
+        if 2 * xmax * wrmax > I16_MAX:  # else no pair can leave the int16 range
+            order, wk, tables = cw.pairs(x_lo >= 0 and zx >= 0)
+    if tables is None:
+        _conv_exact(xi, zx, cw, geom, dtype, chunk, bias64, narrow, out3)
+        return _conv_shape(out3, n, m, oh, ow, one_d)
+    for n0, n1 in _batch_slices(n, group * k * oh * ow * 4):
+        a3 = _raw_operand(xi[n0:n1], zx, group, kh, kw, geom, order)
+        flags, flagged = _pair_flag_pass(tables, a3)
+        if _dense_is_cheaper(tables, flagged, a3):
+            _pair_direct(tables, a3, zx, zw, bias64, wk, out3[n0:n1])
+            continue
+        _conv_exact(xi[n0:n1], zx, cw, geom, dtype, chunk, bias64, narrow, out3[n0:n1])
+        if flagged:
+            _pair_sparse(tables, a3, flags, out3[n0:n1])
     return _conv_shape(out3, n, m, oh, ow, one_d)
 
 
@@ -989,10 +1078,10 @@ def apply_accumulator(acc: np.ndarray, bits: int, policy: str) -> tuple[np.ndarr
     OverflowPolicyError naming the first overflowing element. Counting is one pass; the array is
     returned as it is when nothing overflows.
     """
-    if bits >= 64:
-        return acc, 0
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     acc = np.asarray(acc)
+    if bits >= 64 or (np.issubdtype(acc.dtype, np.signedinteger) and acc.dtype.itemsize * 8 <= bits):
+        return acc, 0  # the storage type cannot hold a value outside the width
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     flat = np.ascontiguousarray(acc, dtype=np.int64).reshape(-1)
     count = int(_count_outside(flat, lo, hi)) if flat.size else 0
     if not count:

@@ -46,71 +46,101 @@ def _round(v, mode):
     return _round_half(v, mode)
 
 
+@jit
+def _quantize_run(x, scale, zero_point, lo, hi, mode, out):
+    """out[i] = clamp(round(float32(x[i] / scale)), lo, hi) + z with lo = qmin - z, hi = qmax - z
+    (float64): clamping the rounded value equals comparing before rounding (rounding is monotonic
+    and keeps integers; +-inf clamp to the ends). Returns the number of non-finite inputs (the
+    caller refuses them: NaN has no integer)."""
+    bad = 0
+    z32 = np.int32(zero_point)
+    for i in range(x.shape[0]):
+        xv = x[i]
+        bad += not np.isfinite(xv)
+        v = xv / scale  # float32 division, as ONNX QuantizeLinear
+        r = min(max(np.float64(np.rint(v)) if mode == 0 else _round_half(np.float64(v), mode), lo), hi)
+        if out.itemsize <= 2:  # r + z fits int32, whose conversion vectorizes
+            out[i] = np.int32(r) + z32
+        else:
+            out[i] = np.int64(r) + zero_point
+    return bad
+
+
 @jit(parallel=True)
-def _quantize_kernel(x, scale, zero_point, lo, hi, qmin, qmax, mode, out):
-    """out[i] = qmin if v <= lo, qmax if v >= hi, else round(v) + z with v = float32(x[i] / scale);
-    lo = qmin - z, hi = qmax - z (float64; comparing before rounding equals clamping after).
-    Returns the number of non-finite inputs (the caller refuses them; their outputs are garbage)."""
+def _quantize_kernel(x, scale, zero_point, lo, hi, mode, out):
+    """:func:`_quantize_run` over CHUNK-long runs in parallel; returns the number of non-finite inputs."""
     n = x.shape[0]
     n_items = (n + CHUNK - 1) // CHUNK
     bad = np.zeros(n_items, np.int64)
     for item in prange(n_items):
         i0 = item * CHUNK
         i1 = min(n, i0 + CHUNK)
-        cnt = 0
-        for i in range(i0, i1):
-            xv = x[i]
-            cnt += not np.isfinite(xv)
-            v = np.float64(xv / scale)
-            r = _round(min(max(v, lo - 1.0), hi + 1.0), mode)  # bounded: the int64 conversion is defined
-            q = np.int64(r) + zero_point
-            out[i] = qmin if v <= lo else (qmax if v >= hi else q)
-        bad[item] = cnt
+        bad[item] = _quantize_run(x[i0:i1], scale, zero_point, lo, hi, mode, out[i0:i1])
     return bad.sum()
 
 
+@jit
+def _requantize_float32_run(src, dst, zs, ss, sd, zd, w_lo, w_hi, lo, hi, c_lo, c_hi, mode):
+    """dst[i] = clamp(y, lo, hi) with y = clamp(round(float32(float32(src[i] - zs) * ss) / sd),
+    w_lo, w_hi) + zd (w_lo, w_hi: the int32 range minus zd); returns how many y lie outside
+    [c_lo, c_hi]. Bounds are float64 offsets from zd (exact: integers below 2^53), so the loop runs
+    in floating point and vectorizes; clamping the rounded value equals comparing before rounding
+    (rounding is monotonic and keeps integers)."""
+    sat = 0
+    zs32 = np.int32(zs)
+    narrow = src.itemsize <= 2 and -32768 <= zs <= 65535  # q - z in int32 (which vectorizes) is exact
+    for i in range(src.shape[0]):
+        if narrow:
+            f = np.float32(np.int32(src[i]) - zs32) * ss  # float32(q - z) * s: ONNX Runtime's DequantizeLinear
+        else:
+            f = np.float32(np.int64(src[i]) - zs) * ss
+        v = f / sd  # float32 division: QuantizeLinear
+        r = np.float64(np.rint(v)) if mode == 0 else _round_half(np.float64(v), mode)
+        r = min(max(r, w_lo), w_hi)
+        sat += (r < c_lo) | (r > c_hi)
+        if dst.itemsize <= 2:  # r + zd fits int32, whose conversion vectorizes
+            dst[i] = np.int32(min(max(r, lo), hi)) + np.int32(zd)
+        else:
+            dst[i] = np.int64(min(max(r, lo), hi)) + zd
+    return sat
+
+
+@jit
+def _requantize_fixed_point_run(src, dst, zs, m, e, single, zd, lo, hi, c_lo, c_hi):
+    """dst[i] = clamp(y, lo, hi), y = clamp_int32(MBQM(src[i] - zs, m, e) + zd); returns how many y
+    lie outside [c_lo, c_hi]."""
+    sat = 0
+    for i in range(src.shape[0]):
+        y = min(max(mbqm_scalar(np.int64(src[i]) - zs, m, e, single) + zd, INT32_MIN), INT32_MAX)
+        sat += (y < c_lo) | (y > c_hi)
+        dst[i] = min(max(y, lo), hi)
+    return sat
+
+
 @jit(parallel=True)
-def _requantize_kernel(x, fixed, zs, ss, m, e, single, sd, zd, w_lo, w_hi, mode, lo, hi, c_lo, c_hi, out, col):
-    """x (outer, inner) integers -> out[:, col:col + inner] (the output's storage type); see the module
-    docstring for the two forms. w_lo/w_hi = INT32_MIN/MAX - zd as float64 (the float32 form's
-    unclamped int32 quantization). Returns (saturated, min and max of x - zs)."""
+def _requantize_kernel(x, fixed, zs, ss, m, e, single, sd, zd, mode, lo, hi, c_lo, c_hi, out, col):
+    """x (outer, inner) integers -> out[:, col:col + inner] (the output's storage type), in
+    CHUNK-long runs; see the module docstring for the two forms. Returns the saturation count."""
     n_outer, n_inner = x.shape
     per_row = (n_inner + CHUNK - 1) // CHUNK
     n_items = n_outer * per_row
-    stats = np.zeros((n_items, 3), np.int64)
+    sats = np.zeros(n_items, np.int64)
+    # float32 form: every bound as a float64 offset from zd
+    w_lo, w_hi = np.float64(INT32_MIN - zd), np.float64(INT32_MAX - zd)
+    lo_f, hi_f = np.float64(lo - zd), np.float64(hi - zd)
+    c_lo_f, c_hi_f = np.float64(c_lo - zd), np.float64(c_hi - zd)
     for item in prange(n_items):
         o = item // per_row
         i0 = (item % per_row) * CHUNK
         i1 = min(n_inner, i0 + CHUNK)
-        src = x[o]
-        dst = out[o]
-        sat = 0
-        mn = np.int64(np.iinfo(np.int64).max)
-        mx = np.int64(np.iinfo(np.int64).min)
+        src = x[o, i0:i1]
+        dst = out[o, col + i0:col + i1]
         if fixed:
-            for i in range(i0, i1):
-                c = np.int64(src[i]) - zs
-                mn = min(mn, c)
-                mx = max(mx, c)
-                y = min(max(mbqm_scalar(c, m, e, single) + zd, INT32_MIN), INT32_MAX)
-                sat += (y < c_lo) | (y > c_hi)
-                dst[col + i] = min(max(y, lo), hi)
+            sats[item] = _requantize_fixed_point_run(src, dst, zs, m, e, single, zd, lo, hi, c_lo, c_hi)
         else:
-            for i in range(i0, i1):
-                c = np.int64(src[i]) - zs
-                mn = min(mn, c)
-                mx = max(mx, c)
-                f = np.float32(c) * ss  # float32(q - z) * s: ONNX Runtime's DequantizeLinear
-                v = np.float64(f / sd)  # float32 division: QuantizeLinear
-                r = _round(min(max(v, w_lo - 1.0), w_hi + 1.0), mode)
-                y = np.int64(r) + zd
-                y = INT32_MIN if v <= w_lo else (INT32_MAX if v >= w_hi else y)
-                sat += (y < c_lo) | (y > c_hi)
-                dst[col + i] = min(max(y, lo), hi)
-        stats[item, 0] = sat
-        stats[item, 1] = mn
-        stats[item, 2] = mx
-    return stats[:, 0].sum(), stats[:, 1].min(), stats[:, 2].max()
+            sats[item] = _requantize_float32_run(src, dst, zs, ss, sd, zd, w_lo, w_hi, lo_f, hi_f, c_lo_f, c_hi_f,
+                                                 mode)
+    return sats.sum()
 
 
 def _mode(rounding: str, func: str) -> int:
@@ -142,7 +172,7 @@ def quantize_per_tensor(x, scale, zero_point: int, qmin: int, qmax: int, roundin
         z = int(zero_point)
         with np.errstate(over="ignore", invalid="ignore"):  # NUMBA_DISABLE_JIT=1 only
             bad = _quantize_kernel(flat, s, np.int64(z), np.float64(int(qmin) - z), np.float64(int(qmax) - z),
-                                   np.int64(qmin), np.int64(qmax), np.int64(mode), out)
+                                   np.int64(mode), out)
     return out.reshape(xa.shape), int(bad)
 
 
@@ -182,13 +212,14 @@ def requantize_tensor(x, form: str, src_zero_point: int, src_scale, multiplier: 
         mode, single = _mode(rounding, fn), False
     if x2.size == 0:
         return 0
-    zd = int(dst_zero_point)
-    sat, c_min, c_max = _requantize_kernel(
+    if form == "fixed_point" and x2.dtype.itemsize >= 4:  # narrower types cannot leave the int32 domain
+        c_min, c_max = int(x2.min()) - int(src_zero_point), int(x2.max()) - int(src_zero_point)
+        if c_min < INT32_MIN or c_max > INT32_MAX:
+            raise HwsimError(f"{fn}: x - zero point must lie in the int32 range for the fixed-point form, "
+                             f"found values in [{c_min}, {c_max}]")
+    sat = _requantize_kernel(
         x2, form == "fixed_point", np.int64(src_zero_point), np.float32(src_scale), np.int64(multiplier),
-        np.int64(shift), single, np.float32(dst_scale), np.int64(zd), np.float64(INT32_MIN - zd),
-        np.float64(INT32_MAX - zd), np.int64(mode), np.int64(lo), np.int64(hi), np.int64(count_min),
-        np.int64(count_max), out, np.int64(col))
-    if form == "fixed_point" and (c_min < INT32_MIN or c_max > INT32_MAX):
-        raise HwsimError(f"{fn}: x - zero point must lie in the int32 range for the fixed-point form, found "
-                         f"values in [{int(c_min)}, {int(c_max)}]")
+        np.int64(shift), single, np.float32(dst_scale), np.int64(dst_zero_point), np.int64(mode), np.int64(lo),
+        np.int64(hi), np.int64(max(int(count_min), -(1 << 62))), np.int64(min(int(count_max), 1 << 62)), out,
+        np.int64(col))
     return int(sat)

@@ -7,6 +7,9 @@ Two families, per-tensor or per-channel along ``axis`` (the kept channel axis):
   ``"int64"`` (the 15-bit-multiplier MBQM of the 16x8 kernels' int64 accumulators). The MBQM result
   and the zero point are added in 64 bits, then clamped.
 - :func:`requantize_float32`: ONNX Runtime MLAS, ``clamp(rint_even(float32(acc) * scale[c]) + zp)``.
+- :func:`requantize_accumulator`: what an integer MAC op runs, in one pass from the exact sums
+  (int32 or int64): the accumulator policy, either form above, the saturation count and the clamp,
+  stored in the output's type.
 
 Formulas and rounding of each primitive: :mod:`runtime.fixedpoint`. The public functions validate
 (shapes, dtypes, axis, ranges) and raise :class:`~runtime.errors.HwsimError` subclasses; the private
@@ -359,25 +362,24 @@ def _row_fixed_point(src, dst, mults, shifts, zp, lo, hi, c_lo, c_hi, a_lo, a_hi
 @jit(parallel=True)
 def _requant_acc_float32(acc, scales, zero_point, qmin, qmax, cmin, cmax, a_lo, a_hi, wrap, out):
     """acc (outer, channels, inner) int64 -> out (same shape, the output's storage type), float32
-    form. Rows: (outer, channel) runs of ``inner`` elements with one scale, or, channels last
-    (inner == 1, one scale per channel), whole ``outer`` rows. Returns (min, max of the
-    policy-applied sums, saturated, overflowed)."""
+    form (zero point, clamp and count bounds as float64; +-inf: no count). Rows: (outer, channel)
+    runs of ``inner`` elements with one scale, or, channels last (inner == 1, one scale per
+    channel), whole ``outer`` rows. Returns (min, max of the policy-applied sums, saturated,
+    overflowed)."""
     n_outer, n_ch, n_inner = acc.shape
     mask = a_hi - a_lo if wrap else np.int64(0)  # 2^bits - 1 (the wrapper wraps only below 64 bits)
     channels_last = n_inner == 1 and scales.shape[0] > 1
     n_rows = n_outer if channels_last else n_outer * n_ch
     stats = np.empty((n_rows, 4), np.int64)
-    zf = np.float64(zero_point)
-    lo, hi = np.float64(qmin), np.float64(qmax)
-    c_lo, c_hi = np.float64(cmin), np.float64(cmax)
     for r in prange(n_rows):
         if channels_last:
-            res = _row_float32(acc[r, :, 0], out[r, :, 0], scales, zf, lo, hi, c_lo, c_hi, a_lo, a_hi, wrap, mask)
+            res = _row_float32(acc[r, :, 0], out[r, :, 0], scales, zero_point, qmin, qmax, cmin, cmax, a_lo, a_hi,
+                               wrap, mask)
         else:
             c = r % n_ch
             k = c if scales.shape[0] > 1 else 0
-            res = _row_float32(acc[r // n_ch, c], out[r // n_ch, c], scales[k:k + 1], zf, lo, hi, c_lo, c_hi,
-                               a_lo, a_hi, wrap, mask)
+            res = _row_float32(acc[r // n_ch, c], out[r // n_ch, c], scales[k:k + 1], zero_point, qmin, qmax, cmin,
+                               cmax, a_lo, a_hi, wrap, mask)
         stats[r, 0], stats[r, 1], stats[r, 2], stats[r, 3] = res
     return stats[:, 0].min(), stats[:, 1].max(), stats[:, 2].sum(), stats[:, 3].sum()
 
@@ -444,7 +446,10 @@ def requantize_accumulator(acc, form: str, rounding: str, params, axis, zero_poi
     if lo < info.min or hi > info.max:
         raise EncodingError(f"{fn}: the clamp [{qmin}, {qmax}] does not fit out_dtype {out_dtype} "
                             f"[{info.min}, {info.max}]")
-    acc64 = _check_acc(acc, -(1 << 63), (1 << 63) - 1, fn, check_range=False)
+    acc64 = np.asarray(acc)
+    if acc64.dtype not in (np.int32, np.int64):  # int32 accumulators are read as they are
+        acc64 = _check_acc(acc64, -(1 << 63), (1 << 63) - 1, fn, check_range=False)
+    acc64 = np.ascontiguousarray(acc64)
     if form == "float32":
         sc = check_float32_scales(_channel_params("scales", params, fn), fn)
         n_params, dom = sc.size, (INT32_MIN, INT32_MAX)
@@ -473,14 +478,21 @@ def requantize_accumulator(acc, form: str, rounding: str, params, axis, zero_poi
         return out.reshape(acc64.shape), 0, 0
     bits = int(acc_bits)
     w_lo, w_hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    c_lo, c_hi = max(int(count_min), -(1 << 62)), min(int(count_max), 1 << 62)
+    # the definition counts after clamping to int32: a bound at or beyond int32 counts nothing on its side
+    c_lo = int(count_min) if int(count_min) > INT32_MIN else None
+    c_hi = int(count_max) if int(count_max) < INT32_MAX else None
     with np.errstate(over="ignore", invalid="ignore"):  # NUMBA_DISABLE_JIT=1 only: inf products are clamped
-        common = (np.int64(zp), np.int64(lo), np.int64(hi), np.int64(c_lo), np.int64(c_hi), np.int64(w_lo),
-                  np.int64(w_hi), acc_policy == "wrap" and bits < 64, out)
+        wrap = acc_policy == "wrap" and bits < 64
         if form == "float32":
-            vmin, vmax, n_sat, n_over = _requant_acc_float32(acc3, sc, *common)
-        else:
-            vmin, vmax, n_sat, n_over = _requant_acc_fixed_point(acc3, mults, shs, np.int64(mode), *common)
+            vmin, vmax, n_sat, n_over = _requant_acc_float32(
+                acc3, sc, np.float64(zp), np.float64(lo), np.float64(hi),
+                np.float64(-np.inf if c_lo is None else c_lo), np.float64(np.inf if c_hi is None else c_hi),
+                np.int64(w_lo), np.int64(w_hi), wrap, out)
+        else:  # MBQM results are int32, plus the zero point
+            vmin, vmax, n_sat, n_over = _requant_acc_fixed_point(
+                acc3, mults, shs, np.int64(mode), np.int64(zp), np.int64(lo), np.int64(hi),
+                np.int64(-(1 << 62) if c_lo is None else c_lo), np.int64(1 << 62 if c_hi is None else c_hi),
+                np.int64(w_lo), np.int64(w_hi), wrap, out)
     if n_over and acc_policy == "error":
         over = (acc64 < w_lo) | (acc64 > w_hi)
         idx = tuple(int(i) for i in np.argwhere(over)[0])

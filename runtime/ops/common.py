@@ -28,8 +28,8 @@ class Requant:
     shifts: np.ndarray | None
     scales: np.ndarray | None
     zero_point: int
-    qmin: int  # the output dtype's range (saturation is counted against it)
-    qmax: int
+    qmin: int  # saturation is counted outside [qmin, qmax]: the output dtype's range, or wider on a side
+    qmax: int  # that a fused activation explains (runtime.plan.Planner.saturation_bounds)
     lo: int  # the clamp actually applied (fused activations narrow it)
     hi: int
 

@@ -77,7 +77,7 @@ def binary_params(target, kind: str, e1: Encoding, e2: Encoding, y: Encoding) ->
 
 
 def binary_step(p: Planner, node, kind: str, v1: Val, e1: Encoding, v2: Val, e2: Encoding, out: str,
-                y: Encoding, lo: int, hi: int) -> BinaryStep:
+                y: Encoding, lo: int, hi: int, count: tuple[int, int] | None = None) -> BinaryStep:
     for e in (e1, e2, y):
         if not e.is_per_tensor:
             raise p.refuse(node, f"{kind} needs per-tensor encodings on both inputs and the output")
@@ -85,8 +85,9 @@ def binary_step(p: Planner, node, kind: str, v1: Val, e1: Encoding, v2: Val, e2:
     consts = tuple(v.const if v.kind in ("qconst", "const") else None for v in (v1, v2))
     inputs = tuple(v.name for v in (v1, v2) if v.kind not in ("qconst", "const"))
     return BinaryStep(node.name, kind, inputs, (out,), kind=kind, rule=rule, z1=int(e1.zero_point),
-                      z2=int(e2.zero_point), zo=int(y.zero_point), params=params, lo=lo, hi=hi, qmin=y.qmin,
-                      qmax=y.qmax, single=single, consts=consts, out_dtype=y.dtype.numpy_dtype)
+                      z2=int(e2.zero_point), zo=int(y.zero_point), params=params, lo=lo, hi=hi,
+                      qmin=y.qmin if count is None else count[0], qmax=y.qmax if count is None else count[1],
+                      single=single, consts=consts, out_dtype=y.dtype.numpy_dtype)
 
 
 @planner_op("Add", "Mul")
@@ -95,7 +96,7 @@ def plan_binary(p: Planner, node):
     b = p.int_input(node, 1, "B")
     out, y, acts = p.fused_output(node)
     lo, hi = p.activation_bounds(acts, y)
-    p.emit(binary_step(p, node, node.op_type, a, a.enc, b, b.enc, out, y, lo, hi))
+    p.emit(binary_step(p, node, node.op_type, a, a.enc, b, b.enc, out, y, lo, hi, p.saturation_bounds(acts, y)))
     p.set(out, Val("int", out, y))
 
 
@@ -124,7 +125,7 @@ def plan_activation(p: Planner, node):
     lo, hi = p.activation_bounds([node] + acts, y)
     if not x.enc.is_per_tensor:
         raise p.refuse(node, "input must be quantized per tensor")
-    p.emit(requantize_step(p, node.name, x.name, x.enc, y, out, lo, hi))
+    p.emit(requantize_step(p, node.name, x.name, x.enc, y, out, lo, hi, p.saturation_bounds([node] + acts, y)))
     p.set(out, Val("int", out, y))
 
 
@@ -181,13 +182,15 @@ def plan_concat(p: Planner, node):
         # Concat -> Reshape/Transpose... -> Q (e.g. a channel shuffle): requantize the inputs to that
         # encoding here; the movement ops keep it and the QuantizeLinear becomes an alias.
         out, y, lo, hi = node.outputs[0], down, down.qmin, down.qmax
+        count = None
         kind = "dq"
     else:
         out, y, acts = p.fused_output(node)
         lo, hi = p.activation_bounds(acts, y)
+        count = p.saturation_bounds(acts, y)
         kind = "int"
     rqs = tuple(None if e == y and lo == y.qmin and hi == y.qmax else
-                requantize_step(p, f"{node.name}:in{i}", v.name, e, y, out, lo, hi) for i, (v, e) in enumerate(zip(vals, encs)))
+                requantize_step(p, f"{node.name}:in{i}", v.name, e, y, out, lo, hi, count) for i, (v, e) in enumerate(zip(vals, encs)))
     p.emit(ConcatStep(node.name, "Concat", tuple(v.name for v in vals), (out,), axis=axis, requants=rqs))
     p.set(out, Val(kind, out, y))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..encoding import Encoding
-from ..kernels.mac import apply_accumulator, conv_acc, explicit_pads, matmul_acc
+from ..kernels.mac import ConvWeights, apply_accumulator, conv_accumulate, explicit_pads, matmul_acc
 from ..plan import Planner, Val, planner_op
 from ..program import LayerStats, Step
 from .common import Requant, broadcast_channels
@@ -49,12 +49,23 @@ class ConvStep(Step):
     requant: Requant | None = None  # None: the int32 accumulator is the output (ConvInteger)
     out_dtype: np.dtype = None
 
+    weights: ConvWeights = None  # the weight side, prepared at plan time (from w, w_zp, group)
+
+    def __post_init__(self):
+        if self.weights is None:
+            self.weights = ConvWeights(self.w, self.w_zp, self.group, self.mac.pair_order)
+
+    def prepare(self, x_dtype, x_zp: int) -> None:
+        """Plan time: build the weight operands that runs on inputs of ``x_dtype`` will use."""
+        if x_dtype.bits <= 16:
+            self.weights.prepare(x_dtype.qmin, x_dtype.qmax, x_zp, self.mac.pair_saturation)
+
     def compute(self, x, stats: LayerStats):
         pads = self.pads
         if pads is None:
             pads = explicit_pads(self.auto_pad, x.shape[2:], self.kernel, self.strides, self.dilations)
-        acc = conv_acc(x, self.x_zp, self.w, self.w_zp, self.bias, self.strides, pads, self.dilations,
-                       self.group, pair_saturation=self.mac.pair_saturation, pair_order=self.mac.pair_order)
+        acc = conv_accumulate(x, self.x_zp, self.weights, self.bias, self.strides, pads, self.dilations,
+                              pair_saturation=self.mac.pair_saturation)
         return (_epilogue(acc, 1, self.mac, self.requant, self.out_dtype, stats),)
 
 
@@ -160,10 +171,13 @@ def plan_conv(p: Planner, node):
     bias = _bias(p, node, 2, x.enc.scale, s_w, n_out)
     out, y_enc, acts = p.fused_output(node)
     lo, hi = p.activation_bounds(acts, y_enc)
-    rq = Requant.prepare(p.target, x.enc.scale, s_w, y_enc.scale, int(y_enc.zero_point), y_enc.qmin, y_enc.qmax, lo, hi)
-    p.emit(ConvStep(node.name, "Conv", (x.name,), (out,), w=w.const.astype(np.int64), x_zp=int(x.enc.zero_point),
-                    w_zp=z_w, bias=bias, mac=mac_config(p, x.enc.dtype, w.enc.dtype, _depthwise(node, w.const.shape)), requant=rq,
-                    out_dtype=y_enc.dtype.numpy_dtype, **_conv_attrs(p, node, w.const.shape)))
+    c_lo, c_hi = p.saturation_bounds(acts, y_enc)
+    rq = Requant.prepare(p.target, x.enc.scale, s_w, y_enc.scale, int(y_enc.zero_point), c_lo, c_hi, lo, hi)
+    step = ConvStep(node.name, "Conv", (x.name,), (out,), w=w.const.astype(np.int64), x_zp=int(x.enc.zero_point),
+                    w_zp=z_w, bias=bias, mac=mac_config(p, x.enc.dtype, w.enc.dtype, _depthwise(node, w.const.shape)),
+                    requant=rq, out_dtype=y_enc.dtype.numpy_dtype, **_conv_attrs(p, node, w.const.shape))
+    step.prepare(x.enc.dtype, int(x.enc.zero_point))
+    p.emit(step)
     p.set(out, Val("int", out, y_enc))
 
 
@@ -174,6 +188,7 @@ def _plan_matmul_like(p: Planner, node, trans_a=False, trans_b=False, bias_idx=N
         raise p.refuse(node, "input A must be quantized per tensor")
     out, y_enc, acts = p.fused_output(node)
     lo, hi = p.activation_bounds(acts, y_enc)
+    c_lo, c_hi = p.saturation_bounds(acts, y_enc)
     if b.kind == "qconst":
         bq = b.const
         n_out = bq.shape[0] if trans_b else bq.shape[-1]
@@ -187,8 +202,8 @@ def _plan_matmul_like(p: Planner, node, trans_a=False, trans_b=False, bias_idx=N
         s_w, z_w = np.float32(b.enc.scale).reshape(1), np.int64(b.enc.zero_point).reshape(1)
         b_const = None
     bias = _bias(p, node, bias_idx, a.enc.scale, s_w, n_out) if bias_idx is not None and n_out is not None else None
-    rq = Requant.prepare(p.target, a.enc.scale, s_w, y_enc.scale, int(y_enc.zero_point), y_enc.qmin, y_enc.qmax,
-                         lo, hi, extra=alpha)
+    rq = Requant.prepare(p.target, a.enc.scale, s_w, y_enc.scale, int(y_enc.zero_point), c_lo, c_hi, lo, hi,
+                         extra=alpha)
     inputs = (a.name,) if b_const is not None else (a.name, b.name)
     p.emit(MatMulStep(node.name, node.op_type, inputs, (out,), b=b_const, a_zp=int(a.enc.zero_point), b_zp=z_w,
                       bias=bias, trans_a=trans_a, trans_b=trans_b, mac=mac_config(p, a.enc.dtype, b.enc.dtype),
@@ -240,9 +255,12 @@ def plan_qlinear_conv(p: Planner, node):
     bias = _bias(p, node, 8, x_enc.scale, s_w, n_out)
     rq = Requant.prepare(p.target, x_enc.scale, s_w, y_enc.scale, int(y_enc.zero_point), y_enc.qmin, y_enc.qmax)
     out = node.outputs[0]
-    p.emit(ConvStep(node.name, "QLinearConv", (x.name,), (out,), w=w.const.astype(np.int64), x_zp=int(x_enc.zero_point),
-                    w_zp=z_w, bias=bias, mac=mac_config(p, x_enc.dtype, w_enc.dtype, _depthwise(node, w.const.shape)), requant=rq,
-                    out_dtype=y_enc.dtype.numpy_dtype, **_conv_attrs(p, node, w.const.shape)))
+    step = ConvStep(node.name, "QLinearConv", (x.name,), (out,), w=w.const.astype(np.int64),
+                    x_zp=int(x_enc.zero_point), w_zp=z_w, bias=bias,
+                    mac=mac_config(p, x_enc.dtype, w_enc.dtype, _depthwise(node, w.const.shape)), requant=rq,
+                    out_dtype=y_enc.dtype.numpy_dtype, **_conv_attrs(p, node, w.const.shape))
+    step.prepare(x_enc.dtype, int(x_enc.zero_point))
+    p.emit(step)
     p.set(out, Val("int", out, y_enc))
 
 

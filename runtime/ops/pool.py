@@ -78,19 +78,21 @@ def _fold_count(m: int, e: int, n: int) -> tuple[int, int]:
     return int((m << k) // n), int(e - k)
 
 
-def _plan_avg(p: Planner, node, x: Val, x_enc: Encoding, out: str, y: Encoding, lo: int, hi: int, global_pool: bool):
+def _plan_avg(p: Planner, node, x: Val, x_enc: Encoding, out: str, y: Encoding, lo: int, hi: int, global_pool: bool,
+              count: tuple[int, int] | None = None):
     t = p.target.arithmetic
+    c_lo, c_hi = count or (y.qmin, y.qmax)
     if not (x_enc.is_per_tensor and y.is_per_tensor):
         raise p.refuse(node, "pooling needs per-tensor encodings")
     if t.requant.form == "float32":
         from .pool_f32 import plan_avg_float32
 
-        return plan_avg_float32(p, node, x, x_enc, out, y, lo, hi, global_pool)
+        return plan_avg_float32(p, node, x, x_enc, out, y, lo, hi, global_pool, (c_lo, c_hi))
     if global_pool:
         m, e = quantize_multiplier(float(np.float64(np.float32(x_enc.scale)) / np.float64(np.float32(y.scale))))
         rounding = t.elementwise.rounding or "double"
         p.emit(MeanStep(node.name, node.op_type, (x.name,), (out,), x_zp=int(x_enc.zero_point), zo=int(y.zero_point),
-                        m=m, e=e, rounding=rounding, lo=lo, hi=hi, qmin=y.qmin, qmax=y.qmax,
+                        m=m, e=e, rounding=rounding, lo=lo, hi=hi, qmin=c_lo, qmax=c_hi,
                         out_dtype=y.dtype.numpy_dtype))
         return
     k = tuple(node.attr("kernel_shape"))
@@ -100,7 +102,7 @@ def _plan_avg(p: Planner, node, x: Val, x_enc: Encoding, out: str, y: Encoding, 
         raise p.refuse(node, "auto_pad SAME_* is not supported for AveragePool; use explicit pads")
     rq = None
     if x_enc != y or lo != y.qmin or hi != y.qmax:
-        rq = requantize_step(p, node.name + ":requant", "", x_enc, y, out, lo, hi)
+        rq = requantize_step(p, node.name + ":requant", "", x_enc, y, out, lo, hi, count)
     p.emit(AvgPoolStep(node.name, node.op_type, (x.name,), (out,), kernel=k,
                        strides=tuple(node.attr("strides") or (1,) * nd), pads=pads,
                        count_include_pad=int(node.attr("count_include_pad", 0)), ceil_mode=int(node.attr("ceil_mode", 0)),
@@ -113,7 +115,7 @@ def plan_avgpool(p: Planner, node):
     x = p.int_input(node, 0, "input")
     out, y, acts = p.fused_output(node)
     lo, hi = p.activation_bounds(acts, y)
-    _plan_avg(p, node, x, x.enc, out, y, lo, hi, node.op_type == "GlobalAveragePool")
+    _plan_avg(p, node, x, x.enc, out, y, lo, hi, node.op_type == "GlobalAveragePool", p.saturation_bounds(acts, y))
     p.set(out, Val("int", out, y))
 
 
@@ -176,6 +178,6 @@ def plan_reduce_mean(p: Planner, node):
     else:
         m, e = quantize_multiplier(float(np.float64(np.float32(x.enc.scale)) / np.float64(np.float32(y.scale))))
         p.emit(MeanStep(node.name, "ReduceMean", (x.name,), (out,), x_zp=int(x.enc.zero_point), zo=int(y.zero_point),
-                        m=m, e=e, rounding=t.elementwise.rounding or "double", lo=lo, hi=hi, qmin=y.qmin,
-                        qmax=y.qmax, out_dtype=y.dtype.numpy_dtype, axes=axes, keepdims=keep))
+                        m=m, e=e, rounding=t.elementwise.rounding or "double", lo=lo, hi=hi,
+                        qmin=p.saturation_bounds(acts, y)[0], qmax=p.saturation_bounds(acts, y)[1], out_dtype=y.dtype.numpy_dtype, axes=axes, keepdims=keep))
     p.set(out, Val("int", out, y))

@@ -77,11 +77,12 @@ class AvgPoolF32Step(Step):
         return (np.clip(q, self.lo, self.hi).astype(self.y_enc.dtype.numpy_dtype),)
 
 
-def plan_avg_float32(p, node, x, x_enc, out, y, lo, hi, global_pool):
+def plan_avg_float32(p, node, x, x_enc, out, y, lo, hi, global_pool, count=None):
     if global_pool:
         p.emit(GapF32Step(node.name, node.op_type, (x.name,), (out,), x_zp=int(x_enc.zero_point),
                           sx=np.float32(x_enc.scale), sy=np.float32(y.scale), zo=int(y.zero_point), lo=lo, hi=hi,
-                          qmin=y.qmin, qmax=y.qmax, out_dtype=y.dtype.numpy_dtype))
+                          qmin=(count or (y.qmin, y.qmax))[0], qmax=(count or (y.qmin, y.qmax))[1],
+                          out_dtype=y.dtype.numpy_dtype))
         return
     k = tuple(node.attr("kernel_shape"))
     if len(k) != 2:

@@ -61,6 +61,7 @@ class RequantizeStep(Step):
     quantize_rounding: str = "half_to_even"
     lo: int = 0
     hi: int = 0
+    count: tuple[int, int] | None = None  # saturation-count bounds (None: runtime.ops.common.saturation_bounds)
 
     def compute(self, x, stats: LayerStats):
         x = np.asarray(x)
@@ -71,7 +72,7 @@ class RequantizeStep(Step):
     def into(self, x: np.ndarray, out2: np.ndarray, col: int, stats: LayerStats) -> None:
         """Requantize ``x`` into the columns ``col:`` of the 2-D C-contiguous ``out2`` (x viewed as
         ``out2.shape[0]`` rows), adding the saturation count to ``stats``."""
-        c_lo, c_hi = saturation_bounds(self.dst.qmin, self.dst.qmax, self.lo, self.hi)
+        c_lo, c_hi = self.count or saturation_bounds(self.dst.qmin, self.dst.qmax, self.lo, self.hi)
         fixed = self.form == "fixed_point"
         stats.saturation += requantize_tensor(
             x, self.form, int(self.src.zero_point), np.float32(self.src.scale), self.multiplier,
@@ -80,7 +81,7 @@ class RequantizeStep(Step):
 
 
 def requantize_step(p: Planner, name: str, src_name: str, src: Encoding, dst: Encoding, out: str,
-                    lo: int | None = None, hi: int | None = None) -> RequantizeStep:
+                    lo: int | None = None, hi: int | None = None, count: tuple[int, int] | None = None) -> RequantizeStep:
     from ..fixedpoint import quantize_multiplier
 
     t = p.target.arithmetic
@@ -94,7 +95,7 @@ def requantize_step(p: Planner, name: str, src_name: str, src: Encoding, dst: En
     return RequantizeStep(name, "Requantize", (src_name,), (out,), src=src, dst=dst, form=t.requant.form,
                           multiplier=int(m), shift=int(e), rounding=rounding,
                           quantize_rounding=t.rounding.quantize,
-                          lo=int(dst.qmin) if lo is None else lo, hi=int(dst.qmax) if hi is None else hi)
+                          lo=int(dst.qmin) if lo is None else lo, hi=int(dst.qmax) if hi is None else hi, count=count)
 
 
 def _fake(name):

@@ -54,6 +54,7 @@ def _check_exact_equals_runtime(sim, x, tmp_path):
     for g in sim.groups:
         if g.name in res.stats and g.out_quantized:
             assert sim.stats[g.name]["overflow"] == res.stats[g.name].overflow, g.name
+            assert sim.stats[g.name]["saturation"] == res.stats[g.name].saturation, g.name
     return path, res
 
 
