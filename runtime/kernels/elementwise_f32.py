@@ -23,17 +23,22 @@ def float32_params(kind: str, sa: np.float32, sb: np.float32, sc: np.float32) ->
 
 @jit
 def _add(a, b, za, zb, ra, rb, zc, lo, hi, qmin, qmax, out):
+    """Branch-free, so that it vectorizes: the rounded value stays a float (an integer-valued
+    float32; its comparisons with the integer bounds, exact in float64, decide the count and the
+    clamp exactly as on the integer) and is stored in out's type once clamped."""
     sat = 0
     c = np.float32(np.float32(zc) - np.float32(np.float32(ra * np.float32(za)) + np.float32(rb * np.float32(zb))))
     ra64 = np.float64(ra)
     rb64 = np.float64(rb)
+    c64 = np.float64(c)
+    lo64, hi64 = np.float64(lo), np.float64(hi)
+    qmin64, qmax64 = np.float64(qmin), np.float64(qmax)
     for i in range(a.size):
-        inner = np.float32(np.float64(np.float32(b[i])) * rb64 + np.float64(c))
+        inner = np.float32(np.float64(np.float32(b[i])) * rb64 + c64)
         f = np.float32(np.float64(np.float32(a[i])) * ra64 + np.float64(inner))
-        v = np.int64(np.rint(f))
-        if v < qmin or v > qmax:
-            sat += 1
-        out[i] = min(max(v, lo), hi)
+        v = np.float64(np.rint(f))
+        sat += (v < qmin64) | (v > qmax64)
+        out[i] = min(max(v, lo64), hi64)
     return sat
 
 
@@ -49,15 +54,16 @@ def _mul(a, b, za, zb, r, zc, lo, hi, qmin, qmax, out):
     return sat
 
 
-def _run(fn, a, b, *args):
+def _run(fn, a, b, *args, out_dtype=np.int64):
     a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
-    out = np.empty(a.shape, np.int64)
+    out = np.empty(a.shape, out_dtype)
     sat = fn(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1), *args, out.reshape(-1))
     return out, int(sat)
 
 
-def add_float32(a, b, za, zb, ra, rb, zc, lo, hi, qmin, qmax):
-    return _run(_add, a, b, za, zb, ra, rb, zc, lo, hi, qmin, qmax)
+def add_float32(a, b, za, zb, ra, rb, zc, lo, hi, qmin, qmax, out_dtype=np.int64):
+    """(out, saturated): out in ``out_dtype`` (which must hold [lo, hi]); see the module docstring."""
+    return _run(_add, a, b, za, zb, ra, rb, zc, lo, hi, qmin, qmax, out_dtype=out_dtype)
 
 
 def mul_float32(a, b, za, zb, r, zc, lo, hi, qmin, qmax):

@@ -53,6 +53,11 @@ bit; tests/runtime/test_mac_fastpaths.py forces each one):
   call. When K*max|a-za|*max|w-zw| + max|bias| (+ the pair corrections' bound) < 2^31 the
   accumulators are stored as int32, halving the traffic of the requantization that reads them;
   :func:`conv_acc` returns them as int64.
+- **Fused epilogue.** :func:`conv_requantize` hands each GEMM result (integer-valued floats) with
+  its sparse pair corrections (added in the float result, exact below 2^24 in float32, else in a
+  float64 copy) straight to the float32-lane epilogue of :mod:`runtime.kernels.epilogue`, which adds
+  the bias and writes the output type; the int32 accumulators are never stored. It applies when the
+  bound proves |acc| < 2^31 (no accumulator policy can act) and returns None otherwise.
 - Numba details that matter for speed: int32 (not Numba's default int64) arithmetic in the pair
   kernels, loops counting from 0 and unsigned computed indices (a signed computed index costs a
   negative-index test per element and blocks vectorization).
@@ -66,6 +71,7 @@ from numba import prange
 
 from ..errors import HwsimError, OverflowPolicyError
 from ..numba_config import jit
+from .epilogue import Float32Epilogue, requantize_gemm, requantize_int32
 
 F32_EXACT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
 F64_EXACT = 1 << 53  # ... <= 2^53 a float64
@@ -839,8 +845,9 @@ def _is_pointwise(kh, kw, geom, h, wd) -> bool:
     return kh == kw == 1 and ph == pw == 0 and oh == -(-h // sh) and ow == -(-wd // sw)
 
 
-def _conv_exact_gemm(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow, out3):
-    """The exact centred sums of a conv by (implicit) im2col + GEMM into out3 [N, M, P] (+ bias)."""
+def _conv_exact_gemm(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow, out3, sink=None):
+    """The exact centred sums of a conv by (implicit) im2col + GEMM into out3 [N, M, P] (+ bias), or,
+    with ``sink``, each GEMM result handed over as ``sink(res [mg, n*P], m0, n0, n1)`` instead."""
     n, c, h, wd = xi.shape
     m, cg, kh, kw = cw.shape
     group = cw.group
@@ -858,7 +865,11 @@ def _conv_exact_gemm(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow
                 _center(xs.reshape(-1), zx, cols.reshape(-1))
             else:
                 _im2col_centered(xs, zx, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, g * cg, cg, cols)
-            _store(_exact_matmul(w2[g * mg:(g + 1) * mg], cols, chunk), g * mg, bias, narrow, out3[n0:n1])
+            res = _exact_matmul(w2[g * mg:(g + 1) * mg], cols, chunk)
+            if sink is None:
+                _store(res, g * mg, bias, narrow, out3[n0:n1])
+            else:
+                sink(np.ascontiguousarray(res), g * mg, n0, n1)
 
 
 def _raw_operand(x, zx, group, kh, kw, geom, order):
@@ -875,9 +886,10 @@ def _raw_operand(x, zx, group, kh, kw, geom, order):
     return a3
 
 
-def _conv_exact(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow, out3):
+def _conv_exact(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow, out3, sink=None):
     """The exact centred sums (+ bias) of a conv into out3 [N, M, P]: direct kernel for one input
-    channel per group, (implicit) im2col + GEMM otherwise."""
+    channel per group, (implicit) im2col + GEMM otherwise (``sink``: see :func:`_conv_exact_gemm`;
+    the direct kernel ignores it and fills out3)."""
     n, c, h, wd = xi.shape
     m, cg, kh, kw = cw.shape
     sh, sw, dh, dw, ph, pw, oh, ow = geom
@@ -889,7 +901,7 @@ def _conv_exact(xi, zx, cw: "ConvWeights", geom, dtype, chunk, bias, narrow, out
         _depthwise(xi, zx, dtype == np.float32, ph, pw, hp, wp, cw.depthwise(dtype), m // cw.group, sh, sw, dh, dw,
                    bias, min(n * m, DEPTHWISE_ITEMS), out3.reshape(n, m, oh, ow))
     else:
-        _conv_exact_gemm(xi, zx, cw, geom, dtype, chunk, bias, narrow, out3)
+        _conv_exact_gemm(xi, zx, cw, geom, dtype, chunk, bias, narrow, out3, sink)
 
 
 def _conv_pair_correction_int64(x, zx, w, group, geom, hwc, out3):
@@ -1002,7 +1014,23 @@ def conv_accumulate(x, x_zero_point, weights: ConvWeights, bias, strides, pads, 
     """:func:`conv_acc` on prepared weights, in int32 when a bound proves every accumulator (bias
     and pair corrections included) below 2^31 in magnitude, int64 otherwise (half the memory traffic
     for the requantization that reads them)."""
-    cw = weights
+    return _conv(x, x_zero_point, weights, bias, strides, pads, dilations, pair_saturation)
+
+
+def conv_requantize(x, x_zero_point, weights: ConvWeights, bias, strides, pads, dilations, pair_saturation,
+                    epilogue: Float32Epilogue, out_dtype):
+    """The convolution and the float32-lane epilogue (:mod:`runtime.kernels.epilogue`) fused:
+    ``(out [N, M, ...] in out_dtype, saturated)``, equal to :func:`conv_accumulate` followed by the
+    epilogue; or None when the accumulator bound does not prove |acc| < 2^31 (the caller then runs
+    the general path). The GEMM paths requantize the integer-valued GEMM result directly (the
+    accumulators are never stored), after the sparse pair corrections when the target has them;
+    the direct paths (depthwise, dense pairs, int64) requantize their int32 accumulators."""
+    return _conv(x, x_zero_point, weights, bias, strides, pads, dilations, pair_saturation, epilogue,
+                 np.dtype(out_dtype))
+
+
+def _conv(x, x_zero_point, cw: ConvWeights, bias, strides, pads, dilations, pair_saturation=False, ep=None,
+          out_dtype=None):
     x = _as_int(x, "X")
     one_d = x.ndim == 3
     if one_d != cw.one_d:
@@ -1031,13 +1059,19 @@ def conv_accumulate(x, x_zero_point, weights: ConvWeights, bias, strides, pads, 
     if bias64.size != m:
         raise HwsimError(f"Conv: bias has {bias64.size} values, expected {m}")
     if not (n and m and oh * ow):
-        return _conv_shape(np.zeros((n, m, oh * ow), np.int64), n, m, oh, ow, one_d)
+        empty = _conv_shape(np.zeros((n, m, oh * ow), np.int64), n, m, oh, ow, one_d)
+        return empty if ep is None else (empty.astype(out_dtype), 0)
     x_lo, x_hi = int(x.min()), int(x.max())
     xmax = max(abs(x_lo), abs(x_hi), abs(zx))  # raw magnitude, padded taps included
     amax, wmax, wrmax = max(x_hi - zx, zx - x_lo, 0), cw.wmax, cw.wrmax
     k = cg * kh * kw
     # every accumulator: |centred sum| + |bias| + |pair corrections| (each pair moves by < its raw product)
     bound = k * amax * wmax + _abs_max(bias64) + (k // 2 + 1) * 2 * xmax * wrmax * bool(pair_saturation)
+    if ep is not None:
+        if bound >= 1 << 31 or xmax >= 1 << 31:
+            return None
+        return _conv_fused(x, zx, cw, bias64, bound, pair_saturation, (sh, sw, dh, dw, ph, pw, oh, ow), ep,
+                           out_dtype, one_d)
     out3 = np.empty((n, m, oh * ow), np.int32 if bound < 1 << 31 else np.int64)
     xi = np.ascontiguousarray(x, dtype=np.int32 if xmax < 1 << 31 else np.int64)
     dtype, chunk = _exact_dtype(k, amax, wmax)
@@ -1064,6 +1098,81 @@ def conv_accumulate(x, x_zero_point, weights: ConvWeights, bias, strides, pads, 
         if flagged:
             _pair_sparse(tables, a3, flags, out3[n0:n1])
     return _conv_shape(out3, n, m, oh, ow, one_d)
+
+
+def _conv_fused(x, zx, cw: ConvWeights, bias64, bound, pair_saturation, geom, ep, out_dtype, one_d):
+    """:func:`conv_requantize` once the caller proved |acc| < 2^31 (``bound``)."""
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = cw.shape
+    sh, sw, dh, dw, ph, pw, oh, ow = geom
+    group = cw.group
+    x_lo, x_hi = int(x.min()), int(x.max())
+    xmax = max(abs(x_lo), abs(x_hi), abs(zx))
+    amax, wmax, wrmax = max(x_hi - zx, zx - x_lo, 0), cw.wmax, cw.wrmax
+    k = cg * kh * kw
+    xi = np.ascontiguousarray(x, dtype=np.int32)
+    dtype, chunk = _exact_dtype(k, amax, wmax)
+    narrow = True
+    bias32 = bias64.astype(np.int32)
+    y = np.empty((n, m, oh * ow), out_dtype)
+    sat = [0]
+
+    def requant_acc(acc3, n0):  # int32 accumulators [nn, M, P] -> y[n0:...]
+        part, s_ = requantize_int32(acc3, ep, out_dtype)
+        y[n0:n0 + acc3.shape[0]] = part
+        sat[0] += s_
+
+    def exact_then_requant(xs, n0):
+        if cg == 1:  # depthwise: int32 accumulators, then the epilogue
+            acc3 = np.empty((xs.shape[0], m, oh * ow), np.int32)
+            _conv_exact(xs, zx, cw, geom, dtype, chunk, bias64, narrow, acc3)
+            requant_acc(acc3, n0)
+            return
+
+        def sink(res, m0, s0, s1):
+            sat[0] += requantize_gemm(res, m0, bias32, ep, y[n0 + s0:n0 + s1])
+        _conv_exact_gemm(xs, zx, cw, geom, dtype, chunk, bias64, narrow, None, sink)
+
+    tables = None
+    if pair_saturation and 2 * xmax * wrmax > I16_MAX:  # else no pair can leave the int16 range
+        if not _int32_safe(k, xmax, wrmax):
+            acc3 = np.empty((n, m, oh * ow), np.int32)
+            _conv_exact(xi, zx, cw, geom, dtype, chunk, bias64, narrow, acc3)
+            _conv_pair_correction_int64(x, zx, cw.w, group, geom, cw.pair_order == "hwc", acc3)
+            requant_acc(acc3, 0)
+            return _conv_shape(y, n, m, oh, ow, one_d), sat[0]
+        order, wk, tables = cw.pairs(x_lo >= 0 and zx >= 0)
+    if tables is None:
+        exact_then_requant(xi, 0)
+        return _conv_shape(y, n, m, oh, ow, one_d), sat[0]
+    # float results take integer corrections exactly below 2^24 (float32) / 2^53 (float64)
+    unbiased = bound - _abs_max(bias64)
+    for n0, n1 in _batch_slices(n, group * k * oh * ow * 4):
+        a3 = _raw_operand(xi[n0:n1], zx, group, kh, kw, geom, order)
+        flags, flagged = _pair_flag_pass(tables, a3)
+        if _dense_is_cheaper(tables, flagged, a3):
+            acc3 = np.empty((n1 - n0, m, oh * ow), np.int32)
+            _pair_direct(tables, a3, zx, cw.zw, bias64, wk, acc3)
+            requant_acc(acc3, n0)
+            continue
+        if not flagged:
+            exact_then_requant(xi[n0:n1], n0)
+            continue
+        if cg == 1 or group > 1:  # corrections on int32 accumulators
+            acc3 = np.empty((n1 - n0, m, oh * ow), np.int32)
+            _conv_exact(xi[n0:n1], zx, cw, geom, dtype, chunk, bias64, narrow, acc3)
+            _pair_sparse(tables, a3, flags, acc3)
+            requant_acc(acc3, n0)
+            continue
+
+        def sink(res, m0, s0, s1, n0=n0, a3=a3, flags=flags):  # group 1: res is [M, nn*P]
+            if res.dtype == np.float32 and unbiased >= F32_EXACT:
+                res = res.astype(np.float64)
+            view = res.reshape(m, s1 - s0, oh * ow).transpose(1, 0, 2)
+            _pair_sparse(tables, a3[s0:s1], flags[s0:s1], view)
+            sat[0] += requantize_gemm(res, m0, bias32, ep, y[n0 + s0:n0 + s1])
+        _conv_exact_gemm(xi[n0:n1], zx, cw, geom, dtype, chunk, bias64, narrow, None, sink)
+    return _conv_shape(y, n, m, oh, ow, one_d), sat[0]
 
 
 def _conv_shape(out3, n, m, oh, ow, one_d):

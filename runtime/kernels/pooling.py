@@ -159,3 +159,26 @@ def average_pool(x, x_zero_point, kernel, strides, pads, count_include_pad, ceil
 def reduce_sum_acc(x, axes) -> np.ndarray:
     """Exact int64 sums over ``axes`` (dimensions kept)."""
     return np.asarray(x).astype(np.int64).sum(axis=tuple(axes), keepdims=True)
+
+
+@jit
+def _row_sums(x2, out):
+    for r in range(x2.shape[0]):
+        row = x2[r]
+        t = np.int64(0)
+        for i in range(row.shape[0]):
+            t += np.int64(row[i])
+        out[r] = t
+
+
+def plane_sums(x) -> np.ndarray:
+    """Exact int64 sums of each [N, C] plane of an N, C, ... integer tensor, shape [N, C] (one pass,
+    no int64 copy of x).
+
+    >>> plane_sums(np.arange(8, dtype=np.uint8).reshape(1, 2, 2, 2))
+    array([[ 6, 22]])
+    """
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape[:2], np.int64)
+    _row_sums(x.reshape(x.shape[0] * x.shape[1], -1), out.reshape(-1))
+    return out

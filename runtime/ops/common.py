@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fixedpoint import quantize_multipliers
+from ..fixedpoint import INT32_MIN, INT32_MAX, quantize_multipliers
+from ..kernels.epilogue import Float32Epilogue, make_epilogue, requantize_int32
 from ..kernels.requant import requantize_accumulator
 from ..program import LayerStats
 from ..target import Target
@@ -32,6 +33,13 @@ class Requant:
     qmax: int  # that a fused activation explains (runtime.plan.Planner.saturation_bounds)
     lo: int  # the clamp actually applied (fused activations narrow it)
     hi: int
+    fast: Float32Epilogue | None = None  # float32 form whose bounds allow float32 lanes (kernels.epilogue)
+
+    def __post_init__(self):
+        if self.form == "float32" and self.fast is None:
+            c_lo, c_hi = saturation_bounds(self.qmin, self.qmax, self.lo, self.hi)
+            self.fast = make_epilogue(self.scales, self.zero_point, self.lo, self.hi,
+                                      c_lo if c_lo > INT32_MIN else None, c_hi if c_hi < INT32_MAX else None)
 
     @classmethod
     def prepare(cls, target: Target, s_x, s_w, s_y, zero_point: int, qmin: int, qmax: int,
@@ -60,6 +68,11 @@ class Requant:
         """The accumulator policy, requantization, saturation count and clamp in one pass
         (:func:`runtime.kernels.requant.requantize_accumulator`); returns ``out_dtype`` integers and
         adds the overflow and saturation counts (rule: :func:`saturation_bounds`) to ``stats``."""
+        if self.fast is not None and acc.dtype == np.int32 and acc_bits >= 32:
+            y = self._apply_fast(acc, axis, out_dtype)
+            if y is not None:
+                stats.saturation += y[1]
+                return y[0]
         params = (self.multipliers, self.shifts) if self.form == "fixed_point" else self.scales
         c_lo, c_hi = saturation_bounds(self.qmin, self.qmax, self.lo, self.hi)
         y, sat, over = requantize_accumulator(acc, self.form, self.rounding, params, axis, self.zero_point,
@@ -67,6 +80,22 @@ class Requant:
         stats.saturation += sat
         stats.overflow += over
         return y
+
+    def _apply_fast(self, acc: np.ndarray, axis: int, out_dtype):
+        """(out, saturated) by the float32-lane epilogue on int32 accumulators (no policy applies
+        below 2^31 with a 32-bit or wider accumulator), or None when the layout does not suit it
+        (per-channel scales on the last axis: rows of one element)."""
+        n_ch = self.fast.scales.size
+        if n_ch == 1:
+            acc3 = acc.reshape(1, 1, acc.size)
+        else:
+            ax = axis % acc.ndim
+            inner = int(np.prod(acc.shape[ax + 1:], dtype=np.int64))
+            if acc.shape[ax] != n_ch or inner < 16:
+                return None
+            acc3 = acc.reshape(-1, n_ch, inner)
+        y, sat = requantize_int32(np.ascontiguousarray(acc3), self.fast, out_dtype)
+        return y.reshape(acc.shape), sat
 
 
 NO_COUNT = 1 << 62  # a saturation bound no requantized value reaches

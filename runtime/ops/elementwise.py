@@ -46,10 +46,13 @@ class BinaryStep(Step):
         else:
             from ..kernels.elementwise_f32 import add_float32, mul_float32
 
-            fn = add_float32 if self.kind == "Add" else mul_float32
-            y, sat = fn(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi, c_lo, c_hi)
+            if self.kind == "Add":  # stored in the output type directly
+                y, sat = add_float32(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi, c_lo, c_hi,
+                                     out_dtype=self.out_dtype)
+            else:
+                y, sat = mul_float32(a, b, self.z1, self.z2, *self.params, self.zo, self.lo, self.hi, c_lo, c_hi)
         stats.saturation += sat
-        return (y.astype(self.out_dtype),)
+        return (y.astype(self.out_dtype, copy=False),)
 
 
 def binary_params(target, kind: str, e1: Encoding, e2: Encoding, y: Encoding) -> tuple:

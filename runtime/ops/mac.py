@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..encoding import Encoding
-from ..kernels.mac import ConvWeights, apply_accumulator, conv_accumulate, explicit_pads, matmul_acc
+from ..kernels.mac import ConvWeights, apply_accumulator, conv_accumulate, conv_requantize, explicit_pads, matmul_acc
 from ..plan import Planner, Val, planner_op
 from ..program import LayerStats, Step
 from .common import Requant, broadcast_channels
@@ -64,9 +64,16 @@ class ConvStep(Step):
         pads = self.pads
         if pads is None:
             pads = explicit_pads(self.auto_pad, x.shape[2:], self.kernel, self.strides, self.dilations)
+        rq = self.requant
+        if rq is not None and rq.fast is not None and self.mac.acc_bits >= 32:  # conv + epilogue fused
+            fused = conv_requantize(x, self.x_zp, self.weights, self.bias, self.strides, pads, self.dilations,
+                                    self.mac.pair_saturation, rq.fast, self.out_dtype)
+            if fused is not None:
+                stats.saturation += fused[1]
+                return (fused[0],)
         acc = conv_accumulate(x, self.x_zp, self.weights, self.bias, self.strides, pads, self.dilations,
                               pair_saturation=self.mac.pair_saturation)
-        return (_epilogue(acc, 1, self.mac, self.requant, self.out_dtype, stats),)
+        return (_epilogue(acc, 1, self.mac, rq, self.out_dtype, stats),)
 
 
 @dataclass

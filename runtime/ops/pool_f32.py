@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels.pooling import plane_sums
 from ..kernels.requant import requantize_float32
 from ..program import LayerStats, Step
 from ..quantize import quantize
@@ -30,7 +31,8 @@ class GapF32Step(Step):
 
     def compute(self, x, stats: LayerStats):
         n = int(np.prod(x.shape[2:]))
-        acc = x.astype(np.int64).sum(axis=tuple(range(2, x.ndim)), keepdims=True) - self.x_zp * n
+        sums = plane_sums(x)
+        acc = sums.reshape(x.shape[:2] + (1,) * (x.ndim - 2)) - self.x_zp * n
         scale = np.float32(self.sx / np.float32(self.sy * np.float32(n)))
         y = np.asarray(requantize_float32(acc, np.array([scale], np.float32), None, self.zo, -(1 << 31), (1 << 31) - 1), np.int64)
         c_lo, c_hi = saturation_bounds(self.qmin, self.qmax, self.lo, self.hi)
