@@ -305,6 +305,10 @@ def _bits(ctx, where, key, v) -> int:
 
 def _from_offsets(ctx, where, bits: int, is_sym: bool, scale: np.ndarray, offsets: list[int]) -> Encoding:
     """The canonical encoding of AIMET (bit width, is_sym, scales, offsets); see the module table."""
+    for k, v in enumerate(offsets):
+        if abs(v) > 1 << 62:  # before the int64 array: any Python int may come in
+            raise ctx.error(where, f"field 'offset'[{k}]: offset {v} is far outside a {bits}-bit grid "
+                            f"(expected {-((1 << bits) - 1)} <= offset <= 0)")
     o = np.asarray(offsets, dtype=np.int64)
     half = 1 << (bits - 1)
     gran = PerTensor() if scale.size == 1 and o.size == 1 else PerAxis(0)
@@ -451,6 +455,8 @@ def _nested(ctx, where, key, v, kind: str) -> np.ndarray:
     if kind == "int":
         if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
             raise ctx.error(where, f"field {key!r}: expected integers, found {a.reshape(-1)[:4].tolist()}")
+        if np.any(np.abs(a) > 2.0**53):  # beyond float64's integers (and any dtype hwsim stores)
+            raise ctx.error(where, f"field {key!r}: integers out of range, found {a.reshape(-1)[:4].tolist()}")
         return a.astype(np.int64)
     if not np.all(np.isfinite(a) & (a > 0)):
         i = int(np.argmax(~(np.isfinite(a) & (a > 0)).reshape(-1)))
@@ -472,15 +478,21 @@ def _meta_scale(ctx, where, m) -> np.ndarray:
     x = _nested(ctx, where, "y_scale.x", m["x"], "int")
     xs = _nested(ctx, where, "y_scale.x_scale", m["x_scale"], "float")
     xz = _nested(ctx, where, "y_scale.x_zero_point", m.get("x_zero_point", 0), "int")
-    if xs.ndim == 1 and xs.size > 1:
-        if "axis" not in m:
-            raise ctx.error(where, "field 'y_scale': a per-channel x_scale needs 'axis'")
-        a = _int_value(ctx, where, "y_scale.axis", m["axis"]) % max(x.ndim, 1)
-        shape = [1] * x.ndim
-        shape[a] = xs.size
-        xs = xs.reshape(shape)
-        xz = xz.reshape(shape) if xz.ndim else xz
-    s = ((x - xz).astype(np.float32) * xs).astype(np.float32)
+    try:
+        if xs.ndim == 1 and xs.size > 1:
+            if "axis" not in m:
+                raise ctx.error(where, "field 'y_scale': a per-channel x_scale needs 'axis'")
+            a = _int_value(ctx, where, "y_scale.axis", m["axis"])
+            if not -x.ndim <= a < x.ndim:
+                raise ctx.error(where, f"field 'y_scale.axis': {a} is out of range for the {x.ndim}-D 'x'")
+            shape = [1] * x.ndim
+            shape[a] = xs.size
+            xs = xs.reshape(shape)
+            xz = xz.reshape(shape) if xz.ndim else xz
+        s = ((x - xz).astype(np.float32) * xs).astype(np.float32)
+    except ValueError:  # shapes that do not reshape or broadcast
+        raise ctx.error(where, f"field 'y_scale': the shapes of x {x.shape}, x_scale {xs.shape} and x_zero_point "
+                        f"{xz.shape} do not fit together") from None
     if not np.all(s > 0):
         raise ctx.error(where, "field 'y_scale': the effective scale (x - x_zero_point) * x_scale must be > 0")
     return s
@@ -548,17 +560,27 @@ def _v2_entry(ctx, section, i, d):
 def _load_json(path_or_dict) -> tuple[dict, str]:
     if isinstance(path_or_dict, dict):
         return path_or_dict, "<encodings dict>"
+    from .errors import ResourceError
+    from .graph import max_tensor_bytes
+
     path = Path(path_or_dict)
     try:
+        size = path.stat().st_size
+        limit = max_tensor_bytes()
+        if size > limit:  # refused before reading: JSON takes several times the file's size in memory
+            raise ResourceError(f"{path}: the encodings file has {size} bytes, more than the limit of {limit} "
+                                "(HWSIM_MAX_TENSOR_BYTES)")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise EncodingError(f"{path}: encodings file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise EncodingError(f"{path}: cannot read encodings file: {e}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise EncodingError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise EncodingError(f"{path}: not an encodings file: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise EncodingError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
     return data, str(path)

@@ -56,7 +56,7 @@ from onnx import helper, numpy_helper
 
 from .aimet import EncodingsFile, FlatBlocks, read_encodings, with_axis, with_storage
 from .encoding import Encoding, PerAxis, PerBlock, bias_encoding
-from .errors import EncodingError, ModelError
+from .errors import EncodingError, HwsimError, ModelError
 from .graph import load_model_proto
 from .placement import MOVEMENT_OPS, param_role, weight_axes
 from .quantize import quantize
@@ -74,7 +74,19 @@ _BIAS_OPS = ("Conv", "Gemm")
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    try:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    except Exception as e:  # an attribute without a value
+        raise ModelError(f"{node.op_type} node {node.name!r}: an attribute cannot be read: {e}") from None
+
+
+def _init_array(t: onnx.TensorProto, source: str) -> np.ndarray:
+    """An initializer's values, or a ModelError naming it when its data does not fit its shape/type."""
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelError(f"{source}: initializer {t.name!r} cannot be read (data does not match its declared "
+                         f"shape {list(t.dims)} and type?): {e}") from None
 
 
 def _default_opset(m: onnx.ModelProto) -> int:
@@ -137,8 +149,11 @@ def _resolve_param(name: str, e, shape: tuple[int, ...], uses, axes_known: bool,
     """The encoding of initializer ``name`` fitted to its shape and the op reading it."""
     what = f"{source}: initializer {name!r}"
     roles = {param_role(n.op_type, i) for n, i in uses}
-    weight_axis_set = {weight_axes(n.op_type, _attrs(n), len(shape)) for n, i in uses
-                       if param_role(n.op_type, i) == "weight"}
+    try:
+        weight_axis_set = {weight_axes(n.op_type, _attrs(n), len(shape)) for n, i in uses
+                           if param_role(n.op_type, i) == "weight"}
+    except (HwsimError, TypeError, ValueError) as e:  # e.g. a transB that is not an integer
+        raise ModelError(f"{what}: the op reading it does not tell its axes: {e}") from None
     try:
         if isinstance(e, FlatBlocks):
             if len(weight_axis_set) != 1:
@@ -195,6 +210,11 @@ def apply_encodings(model: onnx.ModelProto | str | os.PathLike, encodings: Encod
     """
     proto, source = load_model_proto(model)
     enc = encodings if isinstance(encodings, EncodingsFile) else read_encodings(encodings)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # refuse a broken float model before rewriting it
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{source}: the ONNX checker rejects the float model: {first}") from None
     m = onnx.ModelProto()
     m.CopyFrom(proto)
 
@@ -257,7 +277,7 @@ def apply_encodings(model: onnx.ModelProto | str | os.PathLike, encodings: Encod
 
     resolved: dict[str, Encoding] = {}
     for name, e in params.items():
-        arr = numpy_helper.to_array(inits[name])
+        arr = _init_array(inits[name], source)
         if arr.dtype.kind != "f":
             raise EncodingError(f"{enc.source}: encoding of {name!r}: the initializer is {arr.dtype}, not float; only "
                                 "float tensors are quantized")
@@ -279,7 +299,7 @@ def apply_encodings(model: onnx.ModelProto | str | os.PathLike, encodings: Encod
             if b in resolved or b in enc.floats or b not in inits or w not in resolved:
                 continue
             ex, ew = _trace_activation(x, acts, producers), resolved[w]
-            bias = numpy_helper.to_array(inits[b])
+            bias = _init_array(inits[b], source)
             if ex is None or isinstance(ew.granularity, PerBlock) or bias.dtype.kind != "f" or bias.ndim != 1:
                 continue
             if isinstance(ew.granularity, PerAxis) and bias.shape[0] != ew.scale.size:
@@ -306,7 +326,7 @@ def apply_encodings(model: onnx.ModelProto | str | os.PathLike, encodings: Encod
         return {}
 
     for name, e in resolved.items():
-        arr = numpy_helper.to_array(inits[name]).astype(np.float32)
+        arr = _init_array(inits[name], source).astype(np.float32)
         q = quantize(arr, e, "half_to_even")
         q_name = _unique(used, f"{name}_quantized")
         new_inits.append(_tensor(q_name, q, e.dtype.name))
@@ -397,10 +417,13 @@ def load_with_encodings(model, encodings, target, **kwargs):
     """``runtime.load(apply_encodings(model, encodings), target)``, with the encodings first stored the
     way the target stores them (:func:`match_target_storage`). Keyword arguments go to
     :func:`apply_encodings`."""
+    from .graph import parse_graph
     from .plan import load
     from .target import load_target
 
     target = load_target(target)
     enc = encodings if isinstance(encodings, EncodingsFile) else read_encodings(encodings)
     enc = match_target_storage(enc, model, target)
-    return load(apply_encodings(model, enc, **kwargs), target)
+    # the QDQ model exists only in memory: errors about it name the two files it came from
+    source = f"{model if isinstance(model, (str, os.PathLike)) else '<in-memory model>'} with {enc.source}"
+    return load(parse_graph(apply_encodings(model, enc, **kwargs), source=source), target)

@@ -369,11 +369,9 @@ class Encoding:
         shape = tuple(int(d) for d in shape)
         self.check_tensor_shape(shape)
         g = self.granularity
-        if isinstance(g, PerBlock):
-            n = shape[g.axis]
-            s = np.repeat(self.scale, g.block_size, axis=g.axis).take(range(n), axis=g.axis)
-            z = np.repeat(self.zero_point, g.block_size, axis=g.axis).take(range(n), axis=g.axis)
-            return s, z
+        if isinstance(g, PerBlock):  # element i of the blocked axis reads block i // block_size
+            block_of = np.arange(shape[g.axis]) // g.block_size
+            return np.take(self.scale, block_of, axis=g.axis), np.take(self.zero_point, block_of, axis=g.axis)
         b = self.broadcast_shape(len(shape))
         return self.scale.reshape(b), self.zero_point.reshape(b)
 

@@ -28,3 +28,8 @@ class OverflowPolicyError(HwsimError):
 
 class DataError(HwsimError):
     """An input or calibration data file is malformed (keys, shapes, dtypes, NaN/Inf)."""
+
+
+class ResourceError(HwsimError):
+    """An input declares more data than the configured limit (``HWSIM_MAX_TENSOR_BYTES``, see
+    :func:`runtime.graph.max_tensor_bytes`); it is refused before anything that size is allocated."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import platform
 import tomllib
@@ -187,6 +188,14 @@ class Cost:
     macs_per_cycle: int
     clock_mhz: float
     memory_bandwidth_gbps: float | None = None
+
+    def _check(self, path, error):
+        if self.macs_per_cycle < 1:
+            _fail(error, f"{path}.macs_per_cycle", f"expected a positive integer, found {self.macs_per_cycle}")
+        for name in ("clock_mhz", "memory_bandwidth_gbps"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                _fail(error, f"{path}.{name}", f"expected a finite number > 0, found {v!r}")
 
 
 @dataclass(frozen=True)
@@ -422,20 +431,30 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in builtin_dir().glob("*.toml"))
 
 
+MAX_TARGET_FILE_BYTES = 1 << 20  # a target is a page of text; anything this large is not one
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
+        size = path.stat().st_size
+        if size > MAX_TARGET_FILE_BYTES:  # refused before reading
+            raise TargetError(f"{path}: {size} bytes is too large for a target file (at most "
+                              f"{MAX_TARGET_FILE_BYTES} bytes)")
         raw = path.read_bytes()
     except OSError as e:
         raise TargetError(f"{path}: cannot read target file: {e.strerror}") from None
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
     try:
-        if path.suffix.lower() == ".json":
+        if kind == "JSON":
             data = json.loads(raw.decode("utf-8"))
         else:
             data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise TargetError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise TargetError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'}: {e}") from None
+        raise TargetError(f"{path}: not valid {kind}: {e}") from None
+    except RecursionError:
+        raise TargetError(f"{path}: not a target file: {kind} nested too deeply") from None
     if not isinstance(data, dict):
         raise TargetError(f"{path}: expected a table at the top level, found {type(data).__name__}")
     return data
@@ -488,16 +507,24 @@ def resolve_alias(alias: AliasFile, flags: set[str] | None = None, machine: str 
 def load_target(spec: str | os.PathLike | Target, *, flags: set[str] | None = None) -> Target:
     """A target by built-in name, by file path, or passed through when already loaded.
 
-    Alias files are resolved for this CPU (``resolved_from`` records the alias name).
+    Alias files are resolved for this CPU (``resolved_from`` records the alias name); a chain of
+    aliases that comes back to one of its files is refused.
     """
+    return _load_target(spec, flags, ())
+
+
+def _load_target(spec, flags, chain: tuple[Path, ...]) -> Target:
     if isinstance(spec, Target):
         return spec
     text = os.fspath(spec)
     path = Path(text)
-    if path.suffix.lower() in (".toml", ".json") or os.sep in text or path.exists():
-        if not path.is_file():
+    try:
+        is_path = path.suffix.lower() in (".toml", ".json") or os.sep in text or path.exists()
+        if is_path and not path.is_file():
             raise TargetError(f"{path}: target file not found")
-    else:
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise TargetError(f"{text[:200]!r}: not a target name or a readable target file ({e})") from None
+    if not is_path:
         path = builtin_dir() / f"{text}.toml"
         if not path.is_file():
             raise TargetError(f"unknown target {text!r}: expected a built-in name ({', '.join(builtin_names())}) "
@@ -507,7 +534,16 @@ def load_target(spec: str | os.PathLike | Target, *, flags: set[str] | None = No
         name, _ = resolve_alias(obj, flags)
         if name == obj.name:
             raise TargetError(f"{path}: alias {obj.name!r} resolves to itself")
-        target = load_target(name if os.sep not in name else Path(name), flags=flags)
+        here = path.resolve()
+        if here in chain:
+            raise TargetError(f"{path}: alias {obj.name!r} is part of a cycle of aliases: "
+                              + " -> ".join(str(p) for p in chain + (here,)))
+        try:
+            target = _load_target(name if os.sep not in name else Path(name), flags, chain + (here,))
+        except TargetError as e:
+            msg = str(e)
+            raise TargetError(msg if msg.startswith(str(path)) else
+                              f"{path}: alias {obj.name!r} resolves to {name!r}: {msg}") from None
         return dataclasses.replace(target, resolved_from=obj.name)
     return obj
 
