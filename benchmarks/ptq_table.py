@@ -228,17 +228,23 @@ def main():
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--cache", default=str(CACHE / "ptq_rows.json"), help="rows cache (JSON) this run reads and extends")
+    ap.add_argument("--also-read", nargs="*", default=[], help="other rows caches to take rows from (read only)")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import hwsim
     from quantizer.ptq import accuracy_score, sqnr_score
     from runtime.target import load_target
 
     host = load_target("ort-cpu").name
     default_targets = ["dsp-int8", "npu-int8-pc", "htp-a16w8", host, "npu-w4a8"]
-    cache_file = CACHE / "ptq_rows.json"
+    cache_file = Path(args.cache)
     cache = {} if args.fresh or not cache_file.is_file() else json.loads(cache_file.read_text())
+    for other in args.also_read:
+        if Path(other).is_file():
+            cache = {**json.loads(Path(other).read_text()), **cache}
     rows = []
     t_start = time.time()
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))

@@ -229,7 +229,9 @@ def export(sim, out_dir: Path, name: str, encodings_version: str = "1.0.0") -> d
         acts[q.tensor_name] = q.encoding
     for alias, src in sim.alias.items():
         acts[alias] = sim.quantizer_of(src).encoding
-    for q in list(sim.weight_q.values()) + list(sim.bias_q.values()):
+    for key, q in list(sim.weight_q.items()) + list(sim.bias_q.items()):
+        if q.kind == "bias" and sim.layers[key].bias is None:
+            continue  # a layer without bias has no bias tensor in the exported models: no encoding either
         if q.encoding is not None:
             params[q.tensor_name] = _aimet_expressible(q.encoding)
     import json

@@ -163,10 +163,9 @@ def _load(model) -> tuple[onnx.ModelProto, str]:
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ModelError(f"{path}: ONNX file not found")
-    try:
-        return onnx.load(path), path
-    except Exception as e:  # protobuf DecodeError, external-data OSError, ...
-        raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    from runtime.graph import load_model_proto
+
+    return load_model_proto(path)  # size limits, external data confined to the model's folder, clear errors
 
 
 def _label(node: onnx.NodeProto) -> str:

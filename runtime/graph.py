@@ -284,6 +284,11 @@ def parse_graph(path_or_model: str | os.PathLike | onnx.ModelProto, check: bool 
         except Exception as e:  # ValidationError, and the C++ checker's other complaints
             first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
             raise ModelError(f"{source}: the ONNX checker rejects the model: {first}") from None
+        try:  # shapes that cannot fit (broadcasts, Concat, Reshape, Conv attributes) are refused here
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        except Exception as e:  # InferenceError and the C++ inference's other complaints
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "shape inference failed"
+            raise ModelError(f"{source}: ONNX shape inference rejects the model: {first}") from None
     opsets = {(o.domain or ""): o.version for o in model.opset_import}
     g = model.graph
     inits: dict[str, np.ndarray] = {}

@@ -23,7 +23,7 @@ import onnx
 
 from .encoding import Encoding, PerAxis, PerBlock, PerTensor
 from .dtypes import qtype_for
-from .errors import ModelError, UnsupportedError
+from .errors import HwsimError, ModelError, UnsupportedError
 from .graph import Graph, Node, parse_graph
 from .program import Program, Step, TensorSpec
 from .target import Target, load_target
@@ -311,8 +311,17 @@ def load(model, target) -> Program:
         if fn is None:
             raise p.refuse(node, f"op type {(node.domain + '.') if node.domain else ''}{node.op_type} is not "
                            f"supported by the integer runtime (supported: {', '.join(registered_ops())})")
-        fn(p, node)
+        try:
+            fn(p, node)
+        except HwsimError as e:  # kernels' plan-time checks know neither the file nor the node
+            if graph.source in str(e):
+                raise
+            raise type(e)(f"{graph.source}: node {node.name!r} ({node.op_type}): {e}") from None
     from .ops.quantize_ops import finish_outputs
 
     outputs = finish_outputs(p)
-    return Program(graph.source, target, p.steps, inputs, outputs, constants={}, encodings=p.encodings)
+    # integer constants that steps read as tensors (QOperator ops may take an initializer as data)
+    read = {i for s in p.steps for i in s.inputs}
+    constants = {n: (a.astype(np.int8) if a.dtype.name == "int4" else a) for n, a in graph.initializers.items()
+                 if n in read and np.issubdtype(np.asarray(a).dtype, np.integer)}
+    return Program(graph.source, target, p.steps, inputs, outputs, constants=constants, encodings=p.encodings)

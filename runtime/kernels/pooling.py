@@ -179,6 +179,8 @@ def plane_sums(x) -> np.ndarray:
     array([[ 6, 22]])
     """
     x = np.ascontiguousarray(x)
+    if x.ndim < 3:
+        raise HwsimError(f"global pooling needs an [N, C, spatial...] tensor, found shape {x.shape}")
     out = np.empty(x.shape[:2], np.int64)
     _row_sums(x.reshape(x.shape[0] * x.shape[1], -1), out.reshape(-1))
     return out

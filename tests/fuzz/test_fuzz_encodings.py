@@ -78,9 +78,6 @@ def test_seeds_are_valid(tmp_path):
     assert _load_seeds(tmp_path) >= 6
 
 
-@pytest.mark.xfail(strict=True, reason="hwsim/export.py export: a Conv without bias (Branchy's 'b') gets a 'b.bias' "
-                   "encoding, but the float model it writes has no 'b.bias', so runtime.load(model_float.onnx, target, "
-                   "model.encodings) refuses the pair (fix: write the zero bias into the float model, or no encoding)")
 def test_known_exported_encodings_name_only_tensors_of_the_exported_float_model():
     assert {s.name: s.dangling for s in sim_exports()} == {s.name: () for s in sim_exports()}
 

@@ -296,8 +296,9 @@ def test_file_case_writes_links_and_sparse_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# known bugs in files this suite does not own: minimal examples found by the fuzzer. Each is
-# xfail(strict=True): it flips when the file is fixed; then drop its entry from KNOWN_CRASHES.
+# regression tests: minimal examples of the crashes the fuzzer found (all fixed: plan-time shape
+# inference, constants read by steps, plan errors naming file and node). A new crash in a file that
+# cannot be fixed at once goes here as xfail(strict=True) with its entry in KNOWN_CRASHES.
 # ---------------------------------------------------------------------------------------------
 def _assert_clear(model: onnx.ModelProto, target: str, feeds: dict, root: Path) -> None:
     """Loading (and running) ``model`` succeeds or is refused with a HwsimError naming the file."""
@@ -351,32 +352,23 @@ def _x(*shape) -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/plan.py Planner.raw_int hands a constant initializer to a step "
-                   "as a runtime tensor; Program.run then fails with KeyError (fix: put integer constants read by "
-                   "steps into Program.constants, or refuse a constant where the op needs a tensor)")
 def test_known_qlinear_op_reading_an_initializer_as_its_input(tmp_path):
     m = _seed("ort-qop")
     _node(m, "gap_quant").input[0] = "c1_zero_point"
     _assert_clear(m, "ort-cpu-vnni", {"x": _x(2, 1, 8, 8)}, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/ops/movement.py _reshape_fn: a 2-D 'shape' constant raises TypeError "
-                   "(fix: refuse a shape that is not 1-D with the node named)")
 def test_known_reshape_with_a_2d_shape(tmp_path):
     shape = numpy_helper.from_array(np.array([[1, 16]], np.int64), "shape")
     m = _chain([helper.make_node("Reshape", ["x_dq", "shape"], ["o"], name="reshape")], [shape])
     _assert_clear(m, "dsp-int8", {"x": _x(1, 1, 4, 4)}, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/ops/movement.py _transpose_fn: a 'perm' that does not match the "
-                   "input's rank raises numpy's ValueError (fix: check perm is a permutation of range(rank))")
 def test_known_transpose_perm_of_the_wrong_length(tmp_path):
     m = _chain([helper.make_node("Transpose", ["x_dq"], ["o"], name="transpose", perm=[0])])
     _assert_clear(m, "dsp-int8", {"x": _x(1, 1, 4, 4)}, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/ops/movement.py _reshape_fn: a shape that does not fit the input "
-                   "raises numpy's ValueError at run time (fix: MoveStep.compute raises HwsimError with the shapes)")
 def test_known_reshape_to_a_size_that_does_not_fit(tmp_path):
     shape = numpy_helper.from_array(np.array([5], np.int64), "shape")
     m = _chain([helper.make_node("Reshape", ["x_dq", "shape"], ["o"], name="reshape")], [shape])
@@ -384,25 +376,18 @@ def test_known_reshape_to_a_size_that_does_not_fit(tmp_path):
 
 
 @pytest.mark.parametrize("target", ["dsp-int8", "ort-cpu-vnni"])  # fixed-point and float32 elementwise rules
-@pytest.mark.xfail(strict=True, reason="runtime/kernels/elementwise.py add_fixed_point and elementwise_f32.py _run: "
-                   "inputs that do not broadcast raise numpy's ValueError (fix: check np.broadcast_shapes in "
-                   "runtime/ops/elementwise.py and raise HwsimError naming both shapes)")
 def test_known_add_of_shapes_that_do_not_broadcast(tmp_path, target):
     m = _chain([helper.make_node("Add", ["x_dq", "u_dq"], ["o"], name="add")],
                inputs=(("x", [1, 1, 4, 4]), ("u", [1, 1, 3, 3])))
     _assert_clear(m, target, {"x": _x(1, 1, 4, 4), "u": _x(1, 1, 3, 3)}, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/ops/elementwise.py ConcatStep.compute: inputs whose other axes differ "
-                   "raise numpy's ValueError (fix: check the shapes and raise HwsimError naming them)")
 def test_known_concat_of_shapes_that_do_not_fit(tmp_path):
     m = _chain([helper.make_node("Concat", ["x_dq", "u_dq"], ["o"], name="concat", axis=1)],
                inputs=(("x", [1, 1, 4, 4]), ("u", [1, 1, 3, 3])))
     _assert_clear(m, "dsp-int8", {"x": _x(1, 1, 4, 4), "u": _x(1, 1, 3, 3)}, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/ops/elementwise.py: a Concat axis outside the inputs' rank raises "
-                   "numpy's AxisError at run time (fix: check the axis against the rank, raise HwsimError)")
 def test_known_concat_axis_out_of_range(tmp_path):
     m = _seed("ort-ops")
     _set_attr(_node(m, "concat"), "axis", 4)
@@ -413,9 +398,6 @@ def test_known_concat_axis_out_of_range(tmp_path):
     ("ort-ops", "wm_DequantizeLinear", 0, "ort-cpu-vnni"),  # MatMul weight: runtime/ops/mac.py _plan_matmul_like
     ("ort-qop", "dw_quant", 3, "ort-cpu-vnni"),  # QLinearConv weight: runtime/ops/mac.py plan_qlinear_conv
 ])
-@pytest.mark.xfail(strict=True, reason="runtime/ops/mac.py _plan_matmul_like / plan_qlinear_conv: a scalar weight "
-                   "(here a zero-point initializer) raises IndexError on its shape (fix: check the weight's rank "
-                   "and refuse with the node and shape named)")
 def test_known_scalar_weight(tmp_path, seed, node, index, target):
     m = _seed(seed)
     _node(m, node).input[index] = "z_zero_point" if seed == "ort-ops" else "x_zero_point"
@@ -424,17 +406,12 @@ def test_known_scalar_weight(tmp_path, seed, node, index, target):
 
 @pytest.mark.parametrize("attr,value", [("strides", [1, 1, 1, 1]), ("pads", [0, 2**62, 0, 0]),
                                         ("strides", [2**31, 2**31])])
-@pytest.mark.xfail(strict=True, reason="runtime/ops/mac.py _conv_params: strides/pads/dilations are not checked "
-                   "against the kernel's rank nor for range; runtime/kernels/mac.py conv_accumulate then fails with "
-                   "ValueError (unpacking, or 'Maximum allowed dimension exceeded') (fix: validate them at plan time)")
 def test_known_conv_attributes_of_the_wrong_length_or_range(tmp_path, attr, value):
     m = _seed("ort-qdq-pt")
     _set_attr(_node(m, "conv1"), attr, value)
     _assert_clear(m, "dsp-int8", {"x": _x(2, 1, 8, 8)}, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/ops/pool.py: AveragePool pads of the wrong length reach "
-                   "runtime/kernels/pooling.py _prep, which fails unpacking them (fix: validate at plan time)")
 def test_known_average_pool_pads_of_the_wrong_length(tmp_path):
     m = _seed("ort-ops")
     _set_attr(_node(m, "avgpool"), "pads", [0, 0])
@@ -450,10 +427,6 @@ def _maxpool_of_a_scalar(m):
 
 
 @pytest.mark.parametrize("seed,mutate", [("ort-qop", _group_3), ("ort-ops", _maxpool_of_a_scalar)])
-@pytest.mark.xfail(strict=True, reason="runtime/plan.py load: HwsimErrors raised while planning (here by "
-                   "runtime/kernels/mac.py ConvWeights and by runtime/kernels/pooling.py when a constant is folded) "
-                   "do not name the model file or node (fix: wrap each plan function call and prefix the source and "
-                   "node, as Program.run does for steps)")
 def test_known_plan_time_errors_name_the_file(tmp_path, seed, mutate):
     m = _seed(seed)
     mutate(m)

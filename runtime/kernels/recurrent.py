@@ -1,0 +1,316 @@
+"""Integer LSTM kernels over time steps (TFLite's fully integer 8x8_16 LSTM) and their int16 non-linearities.
+
+The arithmetic is specified in ``runtime/RECURRENT_ARITHMETIC.md``; plan-time parameters come from
+:func:`runtime.recurrent.prepare_lstm`. The ``@jit`` cores see only integer arrays and numbers.
+
+Per time step t and batch row n (gate order i, o, f, c as ONNX; all gates read h_{t-1}):
+
+- gate FCs, per gate g and cell j (int64 sums; TFLite's folded bias ``bx = b - zp_x*rowsum(Wx)``,
+  ``bh = -zp_h*rowsum(Wh)``, then raw 8-bit products):
+  ``a = clamp16(MBQM(bx[g,j] + sum_d x[d]*Wx[g,j,d], Mx[g,j], ex[g,j]))``;
+  ``z = clamp16(wrap32(MBQM(bh[g,j] + sum_k h[k]*Wh[g,j,k], Mh[g,j], eh[g,j]) + a))`` (Q3.12);
+- ``i, o, f = logistic_int16(z; 3 integer bits)``, ``g = tanh_int16(z; 3)`` (gemmlowp, Q0.15 out);
+- ``c = clamp16(wrap16(RDBPOT(f*c, 15)) + wrap16(RDBPOT(i*g, 30 + p)))``, then ``clamp(c, -clip, clip)``
+  when ``clip > 0`` (cell scale ``2^p``);
+- ``h = clamp(MBQM(o * tanh_int16(c; 15 + p), M_h, e_h) + zp_h, h_min, h_max)``; ``y[t] = h``.
+
+The gemmlowp int16 primitives (``fixedpoint/fixedpoint.h``, ``FixedPoint<int16_t, I>``): plain
+``+``/``-``/negation wrap modulo 2^16, ``*`` is the int16 SaturatingRoundingDoublingHighMul, constants
+are the int32 constants rounded by ``RDBPOT(c, 16)``, the last add of the exp polynomial saturates.
+
+>>> import numpy as np
+>>> logistic_int16(np.int16([0, 4096, -4096, 32767, -32768]), 3).tolist()  # 0, 1, -1, ~8, -8 in Q3.12; sigmoid(1) * 2^15 = 23955.5
+[16384, 23952, 8815, 32756, 11]
+>>> tanh_int16(np.int16([0, 4096, -4096, 32767]), 3).tolist()  # tanh(1) * 2^15 = 24956.6
+[0, 24964, -24964, 32767]
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ..errors import HwsimError
+from ..fixedpoint import mbqm_scalar, rdbpot_scalar, wrap32_scalar
+from ..numba_config import jit
+from ..recurrent import LstmQuantParams
+
+__all__ = ["logistic_int16", "tanh_int16", "lstm_int",
+           "logistic_int16_scalar", "tanh_int16_scalar", "srdhm16_scalar", "wrap16_scalar"]
+
+MAX_TANH_INTEGER_BITS = 6  # TFLite's ApplyTanh dispatches integer bits 0..6 (also logistic's domain here)
+
+
+def _c16(raw32: int) -> int:
+    """gemmlowp RescaleConstantInitializer<int16>: an int32 Q0.31 constant rounded to Q0.15, RDBPOT(c, 16)."""
+    mask = (1 << 16) - 1
+    return (raw32 >> 16) + (1 if (raw32 & mask) > ((mask >> 1) + (1 if raw32 < 0 else 0)) else 0)
+
+
+_EXP_M1_8 = _c16(1895147668)  # exp(-1/8), Q0.15
+_ONE_THIRD = _c16(715827883)  # 1/3, Q0.15
+_C48_17 = _c16(1515870810)  # 48/17, Q2.13
+_CM32_17 = _c16(-1010580540)  # -32/17, Q2.13
+_EXP_NEG_POW2 = ((-2, _c16(1672461947)), (-1, _c16(1302514674)), (0, _c16(790015084)), (1, _c16(290630308)),
+                 (2, _c16(39332535)), (3, _c16(720401)), (4, _c16(242)))  # (k, exp(-2^k)) Q0.15
+_ONE_HALF = _c16(1 << 30)  # 0.5, Q0.15
+
+
+# ---------------------------------------------------------------------------------------------
+# gemmlowp int16 fixed point (Numba scalar cores on int64 holding int16 values; no validation)
+# ---------------------------------------------------------------------------------------------
+@jit
+def wrap16_scalar(x):
+    """Two's-complement int16 wrap (``static_cast<int16_t>`` of a wider value)."""
+    return ((np.int64(x) + 32768) & 65535) - 32768
+
+
+@jit
+def srdhm16_scalar(a, b):
+    """gemmlowp SaturatingRoundingDoublingHighMul on int16: ``tdiv(a*b + nudge, 2^15)``, nudge ``2^14``
+    (``1 - 2^14`` for a negative product), ``-32768 * -32768 -> 32767``."""
+    a = np.int64(a)
+    b = np.int64(b)
+    if a == -32768 and b == -32768:
+        return np.int64(32767)
+    p = a * b
+    s = p + (16384 if p >= 0 else -16383)
+    return wrap16_scalar(s >> 15 if s >= 0 else -((-s) >> 15))
+
+
+@jit
+def _sat_shl16(x, e):
+    """gemmlowp SaturatingRoundingMultiplyByPOT<e> for e > 0 on int16: ``x << e`` saturated when
+    ``|x| > 2^(15-e) - 1``; e == 0 is the identity."""
+    if e == 0:
+        return np.int64(x)
+    thr = (np.int64(1) << (15 - e)) - 1
+    if x > thr:
+        return np.int64(32767)
+    if x < -thr:
+        return np.int64(-32768)
+    return np.int64(x) << e
+
+
+@jit
+def _exp_on_interval16(a):
+    """exp(a) for a in [-1/4, 0), Q0.15 in and out (gemmlowp exp_on_interval_between_negative_one_quarter_and_0_excl)."""
+    x = wrap16_scalar(a + 4096)  # a + 1/8
+    x2 = srdhm16_scalar(x, x)
+    x3 = srdhm16_scalar(x2, x)
+    x4 = srdhm16_scalar(x2, x2)
+    x4_over_4 = rdbpot_scalar(x4, 2)
+    poly = rdbpot_scalar(wrap16_scalar(srdhm16_scalar(wrap16_scalar(x4_over_4 + x3), _ONE_THIRD) + x2), 1)
+    s = _EXP_M1_8 + srdhm16_scalar(_EXP_M1_8, wrap16_scalar(x + poly))
+    return min(max(s, -32768), 32767)  # AddSaturatingIf16Bit
+
+
+@jit
+def _exp_on_negative_values16(a, integer_bits):
+    """exp(a) for a <= 0 given as raw Q(integer_bits).(15-integer_bits); result Q0.15."""
+    frac = 15 - integer_bits
+    quarter = np.int64(1) << (frac - 2)
+    r = wrap16_scalar((a & (quarter - 1)) - quarter)
+    result = _exp_on_interval16(_sat_shl16(r, integer_bits))
+    remainder = wrap16_scalar(r - a)
+    for k, ck in _EXP_NEG_POW2:
+        if integer_bits > k:
+            if remainder & (np.int64(1) << (frac + k)):
+                result = srdhm16_scalar(result, ck)
+    if integer_bits > 5:
+        if a < -(np.int64(32) << frac):  # RDBPOT(-(1 << (36 - I)), 16) = -32 in Q(I)
+            result = np.int64(0)
+    if a == 0:
+        result = np.int64(32767)
+    return result
+
+
+@jit
+def _newton_reciprocal16(half_den):
+    """Three Newton steps for 1/(2*half_den) in Q2.13 (48/17 - 32/17 * d start)."""
+    x = wrap16_scalar(_C48_17 + srdhm16_scalar(half_den, _CM32_17))
+    for _ in range(3):
+        hdx = srdhm16_scalar(half_den, x)
+        one_minus = wrap16_scalar(8192 - hdx)
+        x = wrap16_scalar(x + _sat_shl16(srdhm16_scalar(x, one_minus), 2))
+    return x
+
+
+@jit
+def _rounding_half_sum16(a, b):
+    s = np.int64(a) + np.int64(b)
+    t = s + (1 if s >= 0 else -1)
+    return wrap16_scalar(t // 2 if t >= 0 else -((-t) // 2))
+
+
+@jit
+def logistic_int16_scalar(a, integer_bits):
+    """gemmlowp ``logistic`` of ``FixedPoint<int16_t, integer_bits>`` raw ``a``; raw Q0.15 result in [0, 32767]."""
+    a = np.int64(a)
+    if a == 0:
+        return np.int64(_ONE_HALF)
+    abs_a = a if a > 0 else wrap16_scalar(-a)
+    e = _exp_on_negative_values16(wrap16_scalar(-abs_a), integer_bits)
+    x = _newton_reciprocal16(_rounding_half_sum16(e, 32767))
+    pos = _sat_shl16(x, 1)  # Rescale<0>(ExactMulByPot<-1>(x)): Q1.14 -> Q0.15
+    return pos if a > 0 else wrap16_scalar(32767 - pos)
+
+
+@jit
+def tanh_int16_scalar(a, integer_bits):
+    """gemmlowp ``tanh`` of ``FixedPoint<int16_t, integer_bits>`` raw ``a``; raw Q0.15 result."""
+    a = np.int64(a)
+    if a == 0:
+        return np.int64(0)
+    n = a if a < 0 else wrap16_scalar(-a)
+    e = _exp_on_negative_values16(n, integer_bits + 1)  # ExactMulByPot<1>: same raw, one more integer bit
+    x = _newton_reciprocal16(_rounding_half_sum16(e, 32767))
+    t = _sat_shl16(wrap16_scalar(x - 8192), 2)  # Rescale<0>(x - One): Q2.13 -> Q0.15
+    return wrap16_scalar(-t) if a < 0 else t
+
+
+@jit
+def _apply16(x, integer_bits, which, out):
+    for k in range(x.size):
+        if which == 0:
+            out[k] = logistic_int16_scalar(x[k], integer_bits)
+        else:
+            out[k] = tanh_int16_scalar(x[k], integer_bits)
+
+
+def _apply_public(x, integer_bits: int, which: int, name: str, max_bits: int) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype != np.int16:
+        raise HwsimError(f"{name}: expected an int16 array (raw fixed-point values), found dtype {arr.dtype}")
+    if isinstance(integer_bits, bool) or not isinstance(integer_bits, (int, np.integer)) \
+            or not 0 <= int(integer_bits) <= max_bits:
+        raise HwsimError(f"{name}: integer_bits must be an int in [0, {max_bits}], found {integer_bits!r}")
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    out = np.empty(flat.shape, np.int16)
+    _apply16(flat, np.int64(integer_bits), which, out)
+    return out.reshape(arr.shape)
+
+
+def logistic_int16(x, integer_bits: int = 3) -> np.ndarray:
+    """gemmlowp int16 ``logistic``: raw ``Q(I).(15-I)`` in, ``sigmoid`` as raw Q0.15 in [0, 32767] out.
+
+    ``real_in = x / 2^(15-I)``, ``real_out = y / 2^15``. TFLite's LSTM uses ``I = 3`` (Q3.12 gate
+    pre-activations). Accuracy (all 65536 inputs, 0 <= I <= 6): within 6.8 LSB of ``2^15 * sigmoid(real_in)``;
+    ``x = 0`` gives exactly 16384. Domain: ``0 <= I <= 6``.
+
+    >>> logistic_int16(np.int16([0, 1, -1]), 3).tolist()
+    [16384, 16384, 16383]
+    """
+    return _apply_public(x, integer_bits, 0, "logistic_int16", MAX_TANH_INTEGER_BITS)
+
+
+def tanh_int16(x, integer_bits: int = 3) -> np.ndarray:
+    """gemmlowp int16 ``tanh``: raw ``Q(I).(15-I)`` in, ``tanh`` as raw Q0.15 in [-32767, 32767] out.
+
+    TFLite's LSTM uses ``I = 3`` for the cell gate and ``I = 15 + p`` (cell scale ``2^p``) for the cell
+    state; ``0 <= I <= 6`` (ApplyTanh's dispatch). Odd: ``tanh(-x) = -tanh(x)`` for ``x > -32768``.
+    Accuracy (all 65536 inputs, 0 <= I <= 6): within 12.1 LSB of ``2^15 * tanh(real_in)``.
+
+    >>> tanh_int16(np.int16([2048, -2048]), 3).tolist()  # tanh(0.5) * 2^15 = 15142.9
+    [15136, -15136]
+    """
+    return _apply_public(x, integer_bits, 1, "tanh_int16", MAX_TANH_INTEGER_BITS)
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM over time steps
+# ---------------------------------------------------------------------------------------------
+@jit
+def _gate_fc(vec, w, bias, g, j):
+    """bias[g, j] + sum_k vec[k] * w[g, j, k] (raw 8-bit values, int64 sum)."""
+    acc = np.int64(bias[g, j])
+    for k in range(vec.shape[0]):
+        acc += np.int64(vec[k]) * np.int64(w[g, j, k])
+    return acc
+
+
+@jit(parallel=True)
+def _lstm_kernel(x, h0, c0, wx, wh, bx, bh, mx, ex, mh, eh, m_hid, e_hid, zp_h, h_lo, h_hi, cell_shift, tanh_bits,
+                 clip, single, y, h_out, c_out):
+    steps, batch, _ = x.shape
+    hid = wx.shape[1]
+    for n in prange(batch):
+        h = np.empty(hid, np.int64)
+        c = np.empty(hid, np.int64)
+        for j in range(hid):
+            h[j] = h0[n, j]
+            c[j] = c0[n, j]
+        gates = np.empty((4, hid), np.int64)
+        for t in range(steps):
+            xt = x[t, n]
+            for g in range(4):
+                for j in range(hid):
+                    a = mbqm_scalar(_gate_fc(xt, wx, bx, g, j), mx[g, j], ex[g, j], single)
+                    a = min(max(a, -32768), 32767)
+                    z = wrap32_scalar(mbqm_scalar(_gate_fc(h, wh, bh, g, j), mh[g, j], eh[g, j], single) + a)
+                    z = min(max(z, -32768), 32767)
+                    if g == 3:
+                        gates[g, j] = tanh_int16_scalar(z, 3)
+                    else:
+                        gates[g, j] = logistic_int16_scalar(z, 3)
+            for j in range(hid):
+                fc = wrap16_scalar(rdbpot_scalar(gates[2, j] * c[j], 15))
+                ig = wrap16_scalar(rdbpot_scalar(gates[0, j] * gates[3, j], cell_shift))
+                cj = min(max(fc + ig, -32768), 32767)
+                if clip > 0:
+                    cj = min(max(cj, -clip), clip)
+                c[j] = cj
+            for j in range(hid):
+                v = mbqm_scalar(gates[1, j] * tanh_int16_scalar(c[j], tanh_bits), m_hid, e_hid, single) + zp_h
+                h[j] = min(max(v, h_lo), h_hi)
+                y[t, n, j] = h[j]
+        for j in range(hid):
+            h_out[n, j] = h[j]
+            c_out[n, j] = c[j]
+
+
+def _check_state(name: str, arr, shape: tuple, dtype) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.dtype != np.dtype(dtype):
+        raise HwsimError(f"lstm_int: {name} must be {np.dtype(dtype)}, found dtype {a.dtype}")
+    if a.shape != shape:
+        raise HwsimError(f"lstm_int: {name} must have shape {shape}, found {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def lstm_int(x_q, h0, c0, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run one integer LSTM direction over a sequence (the module docstring gives the arithmetic).
+
+    - ``x_q``: ``[T, N, I]`` in ``params.input_dtype`` (int8 or uint8), T >= 1 time steps of N rows;
+      feed ``x_q[::-1]`` for a reverse direction.
+    - ``h0``: ``[N, H]`` in ``params.hidden_dtype`` (or None: all ``hidden_zero_point``, i.e. 0.0);
+      ``c0``: ``[N, H]`` int16 at scale ``2^p`` (or None: zeros).
+    - ``params``: :class:`runtime.recurrent.LstmQuantParams` from :func:`runtime.recurrent.prepare_lstm`.
+
+    Returns ``(y [T, N, H], h_T [N, H], c_T [N, H] int16)``; y and h_T in the hidden dtype. Exact
+    integer arithmetic; equal bit for bit to ``tests/reference_recurrent.py``.
+    """
+    if not isinstance(params, LstmQuantParams):
+        raise HwsimError(f"lstm_int: params must be an LstmQuantParams from prepare_lstm, found {type(params).__name__}")
+    x = np.asarray(x_q)
+    hid, n_in = params.hidden_size, params.input_size
+    if x.ndim != 3 or x.shape[2] != n_in or x.shape[0] < 1:
+        raise HwsimError(f"lstm_int: x must have shape [T >= 1, N, {n_in}], found {x.shape}")
+    if x.dtype != np.dtype(params.input_dtype):
+        raise HwsimError(f"lstm_int: x must be {params.input_dtype} (the input encoding's dtype), found {x.dtype}")
+    x = np.ascontiguousarray(x)
+    batch = x.shape[1]
+    h_dtype = np.dtype(params.hidden_dtype)
+    h0 = np.full((batch, hid), params.hidden_zero_point, h_dtype) if h0 is None \
+        else _check_state("h0", h0, (batch, hid), h_dtype)
+    c0 = np.zeros((batch, hid), np.int16) if c0 is None else _check_state("c0", c0, (batch, hid), np.int16)
+    y = np.empty((x.shape[0], batch, hid), h_dtype)
+    h_out = np.empty((batch, hid), h_dtype)
+    c_out = np.empty((batch, hid), np.int16)
+    p = params.cell_scale_log2
+    _lstm_kernel(x, h0, c0, params.input_weights, params.recurrent_weights,
+                 params.input_bias_folded, params.recurrent_bias_folded,
+                 params.input_multipliers, params.input_shifts, params.recurrent_multipliers, params.recurrent_shifts,
+                 np.int64(params.hidden_multiplier), np.int64(params.hidden_shift), np.int64(params.hidden_zero_point),
+                 np.int64(params.hidden_qmin), np.int64(params.hidden_qmax), np.int64(30 + p), np.int64(15 + p),
+                 np.int64(params.cell_clip), params.rounding == "single", y, h_out, c_out)
+    return y, h_out, c_out
