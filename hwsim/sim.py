@@ -406,7 +406,10 @@ class SimModel(nn.Module):
         n = 0
         for b in it:
             b = b if isinstance(b, (tuple, list)) else (b,)
-            self._run_float(b, observe=True)
+            try:
+                self._run_float(b, observe=True)
+            except DataError as e:
+                raise DataError(f"calibration batch {n}: {e}") from None
             n += 1
         if n == 0:
             raise DataError("calibration data is empty: pass at least one batch")

@@ -504,7 +504,10 @@ def _m_attribute(draw, m, files, flags) -> str:
         v = draw(st.lists(st.sampled_from(ODD_FLOATS), max_size=4))
     else:
         v = draw(st.sampled_from(["", "bogus", "NOTSET", "SAME_UPPER", "linear", "\u00ff\u0000"]))
-    n.attribute[j].CopyFrom(helper.make_attribute(a.name, v, attr_type=a.type))
+    # a string for a string attribute; for tensor/graph/... attributes a string is a type change
+    n.attribute[j].CopyFrom(helper.make_attribute(a.name, v, attr_type=a.type if a.type in (
+        onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS,
+        onnx.AttributeProto.STRING) else None))
     return f"{desc}: attribute {a.name!r} = {v!r}"
 
 
