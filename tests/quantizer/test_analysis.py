@@ -42,15 +42,6 @@ N_EVAL, N_CALIB, BS = 64, 48, 32
 URL = re.compile(r"(?i)\b(?:https?|ftp)://|//cdn|<script|<link")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread while this module runs (restored afterwards): on a 2-core machine shared with
-    other test runs, torch's OpenMP threads spin against each other and small convolutions get ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _parser():
     p = argparse.ArgumentParser(prog="hwsim")

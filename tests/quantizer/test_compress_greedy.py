@@ -29,14 +29,6 @@ from runtime.errors import HwsimError
 from tests.hwsim.sim_models import images, randomize_bn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster than two spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Tiny(nn.Module):
     def __init__(self):

@@ -28,14 +28,6 @@ from quantizer.compress.pruning import (LayerSamples, contribution_gram, prune_c
 from runtime.errors import HwsimError
 from tests.hwsim.sim_models import Branchy, images, randomize_bn
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster than two spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 FEW = settings(max_examples=20, deadline=None)
 

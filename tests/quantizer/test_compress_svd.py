@@ -21,14 +21,6 @@ from hypothesis import strategies as st
 from quantizer.compress.svd import full_rank, rank_for_ratio, spatial_matrix, spatial_svd, weight_svd
 from runtime.errors import HwsimError
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is faster than two spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 FEW = settings(max_examples=25, deadline=None)
 

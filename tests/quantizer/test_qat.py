@@ -30,14 +30,6 @@ from runtime.errors import DataError, HwsimError
 from ..hwsim.sim_models import ResDW, images, small_calibrated_sim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _small_sim(target: str):
     sim, x = small_calibrated_sim(target, 96)
