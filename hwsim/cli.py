@@ -265,8 +265,6 @@ def _json_default(o):
         return int(o)
     if isinstance(o, (np.floating,)):
         return float(o)
-    if isinstance(o, tuple):
-        return list(o)
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 

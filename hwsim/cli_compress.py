@@ -82,15 +82,12 @@ def _hardware(target_name: str | None) -> dict:
     from runtime.target import load_target
 
     t = load_target(target_name)
-    cost = getattr(t, "cost", None)
-    if not cost:
+    cost = t.cost  # runtime.target.Cost, validated when the target loads
+    if cost is None:
         raise HwsimError(f"target {t.name!r} has no [cost] table (macs_per_cycle, clock_mhz, memory_bandwidth_gbps)")
-    get = cost.get if isinstance(cost, dict) else (lambda k: getattr(cost, k, None))
-    if get("macs_per_cycle") is None or get("clock_mhz") is None:
-        raise HwsimError(f"target {t.name!r}: [cost] needs macs_per_cycle and clock_mhz for latency")
-    hw = {"macs_per_cycle": float(get("macs_per_cycle")), "clock_hz": float(get("clock_mhz")) * 1e6}
-    if get("memory_bandwidth_gbps") is not None:
-        hw["bandwidth_bytes_per_s"] = float(get("memory_bandwidth_gbps")) * 1e9
+    hw = {"macs_per_cycle": float(cost.macs_per_cycle), "clock_hz": float(cost.clock_mhz) * 1e6}
+    if cost.memory_bandwidth_gbps is not None:
+        hw["bandwidth_bytes_per_s"] = float(cost.memory_bandwidth_gbps) * 1e9
     return hw
 
 

@@ -13,41 +13,24 @@ from runtime.encoding import Encoding
 from runtime.errors import UnsupportedError
 from runtime.fixedpoint import quantize_multiplier
 from runtime.ops.common import Requant
-from runtime.quantize import quantize as np_quantize
+from runtime.plan import activation_bounds_for, saturation_bounds_for
 
 from . import exact as X
 
 
+def _limits(acts):
+    """Float (min or None, max or None) of each fused Relu/Clip op."""
+    return [(0.0, None) if a.op_type == "Relu" else (a.attrs.get("min"), a.attrs.get("max")) for a in acts]
+
+
 def clamp_bounds(target, acts, enc: Encoding) -> tuple[int, int]:
-    """Integer clamp bounds of fused Relu/Clip on the output grid (as runtime.plan.activation_bounds)."""
-    lo, hi = int(enc.qmin), int(enc.qmax)
-    rnd = target.arithmetic.rounding.quantize
-    for a in acts:
-        fmin, fmax = (0.0, None) if a.op_type == "Relu" else (a.attrs.get("min"), a.attrs.get("max"))
-        if fmin is not None:
-            lo = max(lo, int(np_quantize(np.float32(fmin), enc, rnd)))
-        if fmax is not None:
-            hi = min(hi, int(np_quantize(np.float32(fmax), enc, rnd)))
-    return lo, hi
+    """Integer clamp bounds of fused Relu/Clip on the output grid (the runtime planner's rule)."""
+    return activation_bounds_for(_limits(acts), enc, target.arithmetic.rounding.quantize)
 
 
 def count_bounds(target, acts, enc: Encoding) -> tuple[int, int]:
-    """The range outside which a value counts as saturated (as runtime.plan.Planner.saturation_bounds):
-    the dtype's [qmin, qmax], except on a side where a fused Relu/Clip bounds the value at or inside
-    it (its bound on the integer grid, before the dtype's clamp): there nothing is counted."""
-    from runtime.dtypes import INT32
-    from runtime.ops.common import NO_COUNT
-
-    wide = Encoding(scale=enc.scale, zero_point=enc.zero_point, dtype=INT32, granularity=enc.granularity)
-    rnd = target.arithmetic.rounding.quantize
-    c_lo, c_hi = int(enc.qmin), int(enc.qmax)
-    for a in acts:
-        fmin, fmax = (0.0, None) if a.op_type == "Relu" else (a.attrs.get("min"), a.attrs.get("max"))
-        if fmin is not None and int(np_quantize(np.float32(fmin), wide, rnd)) >= enc.qmin:
-            c_lo = -NO_COUNT
-        if fmax is not None and int(np_quantize(np.float32(fmax), wide, rnd)) <= enc.qmax:
-            c_hi = NO_COUNT
-    return c_lo, c_hi
+    """Saturation-count bounds given the fused Relu/Clip (the runtime planner's rule)."""
+    return saturation_bounds_for(_limits(acts), enc, target.arithmetic.rounding.quantize)
 
 
 def _saturated(y: torch.Tensor, count) -> int:

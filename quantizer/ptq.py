@@ -220,8 +220,7 @@ def run_ptq(sim, calib, steps="auto", score_fn=None, *, options: dict | None = N
             after = score_fn(cand) if score_fn is not None else None
         kept = (not auto) or after > best
         if kept:
-            if cand is not current:
-                current = cand
+            current = cand
             before, best = best, after
         else:
             before = best

@@ -237,27 +237,8 @@ class Planner:
             out = u.outputs[0]
 
     def saturation_bounds(self, acts: list[Node], enc: Encoding) -> tuple[int, int]:
-        """The range outside which a requantized value counts as saturated, given the fused Relu/Clip
-        nodes ``acts``: the dtype's [qmin, qmax], except on a side where an activation bounds the
-        value at or inside the range -- its own bound on the integer grid (target rounding, before
-        the dtype's clamp) is >= qmin (low side) or <= qmax (high side). There the activation alone
-        would clamp every value the dtype clamps, so nothing is lost and nothing is counted (the
-        side's bound becomes -/+ ``runtime.ops.common.NO_COUNT``). Example: Relu on uint8 with zero
-        point 0: negative sums are the Relu's business, only values above 255 count.
-        """
-        from .dtypes import INT32
-        from .ops.common import NO_COUNT
-        from .quantize import quantize
-
-        wide = Encoding(scale=enc.scale, zero_point=enc.zero_point, dtype=INT32, granularity=enc.granularity)
-        rounding = self.target.arithmetic.rounding.quantize
-        c_lo, c_hi = int(enc.qmin), int(enc.qmax)
-        for fmin, fmax in self._activation_limits(acts):
-            if fmin is not None and int(quantize(np.float32(fmin), wide, rounding)) >= enc.qmin:
-                c_lo = -NO_COUNT
-            if fmax is not None and int(quantize(np.float32(fmax), wide, rounding)) <= enc.qmax:
-                c_hi = NO_COUNT
-        return c_lo, c_hi
+        """:func:`saturation_bounds_for` the fused Relu/Clip nodes ``acts``."""
+        return saturation_bounds_for(self._activation_limits(acts), enc, self.target.arithmetic.rounding.quantize)
 
     def _activation_limits(self, acts: list[Node]):
         """(float min or None, float max or None) of each Relu/Clip node."""
@@ -274,17 +255,45 @@ class Planner:
             yield fmin, fmax
 
     def activation_bounds(self, acts: list[Node], enc: Encoding) -> tuple[int, int]:
-        """Integer clamp bounds of fused Relu/Clip nodes on the output grid (target rounding)."""
-        from .quantize import quantize
+        """:func:`activation_bounds_for` the fused Relu/Clip nodes ``acts``."""
+        return activation_bounds_for(self._activation_limits(acts), enc, self.target.arithmetic.rounding.quantize)
 
-        lo, hi = int(enc.qmin), int(enc.qmax)
-        for fmin, fmax in self._activation_limits(acts):
-            rounding = self.target.arithmetic.rounding.quantize
-            if fmin is not None:
-                lo = max(lo, int(quantize(np.float32(fmin), enc, rounding)))
-            if fmax is not None:
-                hi = min(hi, int(quantize(np.float32(fmax), enc, rounding)))
-        return lo, hi
+
+def activation_bounds_for(limits, enc: Encoding, rounding: str) -> tuple[int, int]:
+    """Integer clamp bounds on ``enc``'s grid of fused activations given as float ``(min or None,
+    max or None)`` pairs (Relu: ``(0, None)``), quantized with the target's ``rounding``. The runtime's
+    planner and hwsim's exact mode both use it."""
+    from .quantize import quantize
+
+    lo, hi = int(enc.qmin), int(enc.qmax)
+    for fmin, fmax in limits:
+        if fmin is not None:
+            lo = max(lo, int(quantize(np.float32(fmin), enc, rounding)))
+        if fmax is not None:
+            hi = min(hi, int(quantize(np.float32(fmax), enc, rounding)))
+    return lo, hi
+
+
+def saturation_bounds_for(limits, enc: Encoding, rounding: str) -> tuple[int, int]:
+    """The range outside which a requantized value counts as saturated, given fused activations as
+    float ``(min or None, max or None)`` pairs: the dtype's [qmin, qmax], except on a side where an
+    activation bounds the value at or inside the range -- its own bound on the integer grid (target
+    rounding, before the dtype's clamp) is >= qmin (low side) or <= qmax (high side). There the
+    activation alone would clamp every value the dtype clamps, so nothing is counted (the side's
+    bound becomes -/+ ``runtime.ops.common.NO_COUNT``). Example: Relu on uint8 with zero point 0:
+    negative sums are the Relu's business, only values above 255 count."""
+    from .dtypes import INT32
+    from .ops.common import NO_COUNT
+    from .quantize import quantize
+
+    wide = Encoding(scale=enc.scale, zero_point=enc.zero_point, dtype=INT32, granularity=enc.granularity)
+    c_lo, c_hi = int(enc.qmin), int(enc.qmax)
+    for fmin, fmax in limits:
+        if fmin is not None and int(quantize(np.float32(fmin), wide, rounding)) >= enc.qmin:
+            c_lo = -NO_COUNT
+        if fmax is not None and int(quantize(np.float32(fmax), wide, rounding)) <= enc.qmax:
+            c_hi = NO_COUNT
+    return c_lo, c_hi
 
 
 def load(model, target) -> Program:
