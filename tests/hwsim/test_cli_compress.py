@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from hwsim.cli import main
+from tests.cli_output import json_out
 from hwsim.digits import SHIPPED, load_digits_split
 
 
@@ -21,11 +22,6 @@ def digits(tmp_path_factory):
     return d
 
 
-def _json(capsys):
-    out = capsys.readouterr().out
-    return json.loads(out[out.index("{"):])
-
-
 ARGS = ["compress", "hwsim.digits:ResidualNet", "--checkpoint", str(SHIPPED / "digits-residual.pt"),
         "--scheme", "spatial-svd,weight-svd", "--candidates", "0.3,0.6", "--target-cost", "macs=0.7", "--json"]
 
@@ -33,7 +29,7 @@ ARGS = ["compress", "hwsim.digits:ResidualNet", "--checkpoint", str(SHIPPED / "d
 def test_compress_meets_target_and_writes_a_model_that_scores_as_reported(digits, tmp_path, capsys):
     args = ARGS + ["--data", str(digits / "val.npz"), "--labels", str(digits / "y.npy"), "--out", str(tmp_path)]
     assert main(args) == 0
-    r = _json(capsys)
+    r = json_out(capsys)
     assert r["cost_fraction"] <= 0.7 and r["macs_after"] < r["macs_before"] and r["choices"]
     sess = ort.InferenceSession(r["files"]["onnx"], providers=["CPUExecutionProvider"])
     x, y = np.load(digits / "val.npz")["x"], np.load(digits / "y.npy")
@@ -43,7 +39,7 @@ def test_compress_meets_target_and_writes_a_model_that_scores_as_reported(digits
     table = json.loads((tmp_path / "compression_table.json").read_text())
     assert table  # the cache exists; a rerun gives the same choice from it
     assert main(args) == 0
-    assert _json(capsys)["choices"] == r["choices"]
+    assert json_out(capsys)["choices"] == r["choices"]
 
 
 def test_compress_refuses_bad_arguments(digits, tmp_path, capsys):

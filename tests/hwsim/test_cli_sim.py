@@ -10,6 +10,7 @@ import pytest
 
 import runtime
 from hwsim.cli import main
+from tests.cli_output import json_out
 from hwsim.digits import SHIPPED, load_digits_split
 
 pytest.importorskip("torch")
@@ -25,17 +26,12 @@ def digits(tmp_path_factory):
     return d
 
 
-def _json(capsys):
-    out = capsys.readouterr().out
-    return json.loads(out[out.index("{"):])
-
-
 def test_quantize_torch_class_then_compare_its_float_onnx(digits, tmp_path, capsys):
     out = tmp_path / "q"
     rc = main(["quantize", "hwsim.digits:ResidualNet", "--checkpoint", str(SHIPPED / "digits-residual.pt"),
                "--target", "npu-int8-pc", "--calib", str(digits / "calib.npz"), "--out", str(out), "--json"])
     assert rc == 0
-    summary = _json(capsys)
+    summary = json_out(capsys)
     files = {k: Path(v) for k, v in summary["files"].items()}
     assert all(p.is_file() for p in files.values())
     assert not list(out.glob("*.tmp*"))  # atomic writes leave no temporaries
@@ -51,7 +47,7 @@ def test_quantize_torch_class_then_compare_its_float_onnx(digits, tmp_path, caps
                "--labels", str(digits / "labels.npy"), "--calib", str(digits / "calib.npz"), "--json",
                "--plot", str(tmp_path / "cmp.png")])
     assert rc == 0
-    r = _json(capsys)
+    r = json_out(capsys)
     assert r["exact_vs_integer"]["identical_fraction"] == 1.0
     assert r["exact_vs_integer"]["top1_agreement"] == 1.0
     assert r["fast_vs_integer"]["top1_agreement"] >= 0.99

@@ -3,7 +3,6 @@ exactly as it was when nothing improves; explicit lists apply every step; the re
 bit-exactly on the integer runtime; the CLI reports the decisions."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 import runtime
 from hwsim.cli import main
+from tests.cli_output import json_out
 from hwsim.digits import SHIPPED, load_digits_split
 from hwsim.export import build
 from quantizer.ptq import AUTO_STEPS, accuracy_score, parse_steps, run_ptq, sqnr_score
@@ -108,18 +108,13 @@ def digits(tmp_path_factory):
     return d
 
 
-def _json(capsys):
-    out = capsys.readouterr().out
-    return json.loads(out[out.index("{"):])
-
-
 def test_cli_quantize_ptq_auto_reports_decisions(digits, tmp_path, capsys):
     rc = main(["quantize", "hwsim.digits:SeparableNet", "--checkpoint", str(SHIPPED / "digits-separable.pt"),
                "--target", "dsp-int8", "--calib", str(digits / "train.npz"), "--out", str(tmp_path),
                "--ptq", "auto", "--eval-data", str(digits / "val.npz"), "--eval-labels", str(digits / "val_labels.npy"),
                "--adaround-iterations", "50", "--json"])
     assert rc == 0
-    r = _json(capsys)
+    r = json_out(capsys)
     assert [d["step"] for d in r["ptq"]["decisions"]] == list(AUTO_STEPS)
     assert r["ptq"]["final"] >= r["ptq"]["baseline"]
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.encodings").is_file()
@@ -131,7 +126,7 @@ def test_cli_qat_improves_or_keeps_and_exports(digits, tmp_path, capsys):
                "--eval-data", str(digits / "val.npz"), "--eval-labels", str(digits / "val_labels.npy"),
                "--out", str(tmp_path), "--epochs", "2", "--lr", "1e-3", "--json"])
     assert rc == 0
-    r = _json(capsys)
+    r = json_out(capsys)
     assert len(r["qat"]["losses"]) == 2 and r["qat"]["learned_ranges"]
     assert 0.0 <= r["after"]["integer"] <= 1.0 and abs(r["after"]["integer"] - r["after"]["fast"]) < 0.03
     prog = runtime.load(tmp_path / "model.onnx", "npu-w4a8")
