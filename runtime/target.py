@@ -205,6 +205,60 @@ class OpArithmetic:
     weights: TensorQuant | None = None
 
 
+RECURRENT_OPS = ("LSTM", "GRU")
+
+
+@dataclass(frozen=True)
+class Recurrent:
+    """How the target runs LSTM and GRU layers in integers (``runtime/RECURRENT_ARITHMETIC.md``).
+
+    The model is TFLite's fully integer LSTM: inputs and hidden state in the activation dtype
+    (``8x8_16``: 8-bit; ``16x8_16``: 16-bit, zero point 0, int64 bias and accumulators), weights
+    in ``weights`` (symmetric; ``per_tensor`` = one scale per gate, ``per_channel`` = one per gate
+    row), gate pre-activations int16 Q``gate_integer_bits``.(15 - bits), gate outputs int16 Q0.15,
+    the cell state int16 at a power-of-two scale ``2^p`` with ``cell_scale_log2_min <= p <=
+    cell_scale_log2_max``, sigmoid and tanh in gemmlowp's int16 fixed point, the gate FCs
+    requantized with ``rounding`` (the MBQM build). ``ops`` empty: the target cannot run recurrent
+    layers in integers, and ``unsupported_reason`` says why (the runtime and simulator refuse with it).
+    """
+
+    ops: tuple[str, ...] = ()
+    unsupported_reason: str = "the target does not describe integer recurrent layers"
+    variant: Literal["8x8_16", "16x8_16"] = "8x8_16"
+    weights: TensorQuant | None = None  # default: the target's weights
+    gate_dtype: Literal["int16"] = "int16"
+    gate_integer_bits: int = 3
+    cell_dtype: Literal["int16"] = "int16"
+    cell_scale_log2_min: int = -15
+    cell_scale_log2_max: int = -9
+    nonlinearity: Literal["gemmlowp_fixed_point"] = "gemmlowp_fixed_point"
+    rounding: Literal["double", "single", "int64"] = "double"
+    gru_linear_before_reset: bool = True  # GRU's candidate gate: r * (W_hn h + b_hn), as PyTorch and ONNX lbr=1
+
+    def _check(self, path, error):
+        for i, op in enumerate(self.ops):
+            if op not in RECURRENT_OPS:
+                _fail(error, f"{path}.ops[{i}]", f"expected one of {list(RECURRENT_OPS)}, found {op!r}")
+        if self.gate_integer_bits != 3:
+            _fail(error, f"{path}.gate_integer_bits", "the integer LSTM's pre-activations are Q3.12 (TFLite without "
+                  f"layer norm); found {self.gate_integer_bits}")
+        lo, hi = self.cell_scale_log2_min, self.cell_scale_log2_max
+        if not -15 <= lo <= hi <= -9:
+            _fail(error, f"{path}.cell_scale_log2_min", f"expected -15 <= min <= max <= -9 (tanh of the int16 cell "
+                  f"needs 15 + p in 0..6), found [{lo}, {hi}]")
+        w = self.weights
+        if w is not None:
+            if not w.qtype.signed or w.scheme not in ("symmetric", "strict_symmetric") or w.qtype.bits > 8:
+                _fail(error, f"{path}.weights", f"recurrent weights are signed symmetric 4- or 8-bit, found "
+                      f"{w.dtype!r} {w.scheme!r}")
+            if w.granularity == "per_block":
+                _fail(error, f"{path}.weights.granularity", "per_tensor (per gate) or per_channel (per gate row)")
+        if self.variant == "16x8_16" and self.rounding != "int64":
+            _fail(error, f"{path}.rounding", "the 16x8_16 variant accumulates in int64 and needs rounding 'int64'")
+        if self.variant == "8x8_16" and self.rounding == "int64":
+            _fail(error, f"{path}.rounding", "the 8x8_16 variant rounds with 'double' or 'single'")
+
+
 LUT_OPS = ("Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Gelu", "Softplus")
 
 
@@ -220,6 +274,7 @@ class Arithmetic:
     integer_ops: tuple[str, ...] = ()
     lut_ops: tuple[str, ...] = ()  # non-linear ops the target computes with a lookup table
     op_type: dict[str, OpArithmetic] = field(default_factory=dict)
+    recurrent: Recurrent = Recurrent()
 
     def _check(self, path, error):
         a, w = self.activations, self.weights
@@ -254,6 +309,19 @@ class Arithmetic:
                 _fail(error, f"{path}.op_type.{op}", "expected an ONNX operator type")
             if over.weights is not None and self.accumulator.bits < a.qtype.bits + over.weights.qtype.bits + 1:
                 _fail(error, f"{path}.op_type.{op}.weights.dtype", "too wide for the accumulator")
+        r = self.recurrent
+        if r.ops:
+            want = "16x8_16" if a.qtype.bits == 16 else "8x8_16"
+            if r.variant != want:
+                _fail(error, f"{path}.recurrent.variant", f"{a.dtype} activations run the {want!r} recurrent "
+                      f"variant, found {r.variant!r}")
+            if r.variant == "16x8_16" and a.scheme not in ("symmetric", "strict_symmetric"):
+                _fail(error, f"{path}.activations.scheme", "the 16x8_16 recurrent variant needs symmetric 16-bit "
+                      f"activations (zero point 0), found {a.scheme!r}")
+
+    def recurrent_weights(self) -> TensorQuant:
+        """The weight quantization of LSTM/GRU weights (``recurrent.weights``, else the target's)."""
+        return self.recurrent.weights if self.recurrent.weights is not None else self.weights
 
     def weights_for(self, op_type: str) -> TensorQuant:
         """The weight quantization of one op type (its override, else the default)."""
