@@ -151,6 +151,8 @@ def _movement(op, vals) -> torch.Tensor:
         return x.reshape(a["shape"])
     if op.op_type == "Identity":
         return x
+    if op.op_type == "Gather":
+        return x.select(a["axis"], a["index"])
     raise UnsupportedError(f"node {op.name!r}: {op.op_type} is not a data-movement op")
 
 

@@ -98,8 +98,11 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
     b = _Builder(sim, qdq)
     outs = sim.output_names
     graph_inputs = []
+    states = {i for g in sim.groups if g.op_type in ("LSTM", "GRU") for i in g.head.inputs[1:]}
     for name, shape in zip(sim.input_names, (sim.cap.shapes.get(n, ()) for n in sim.input_names)):
         dims = ["N"] + list(shape[1:])
+        if name in states:  # initial states [D, N, H]: the batch is axis 1
+            dims = [shape[0], "N"] + list(shape[2:])
         graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
         b.qdq(name, name, sim.quantizer_of(name).encoding)
     for g in sim.groups:
@@ -108,7 +111,11 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
         key = g.name.replace(".", "_")
         head_out = op.output if g.acts else _float_name(g.output, outs, qdq)
         a = op.attrs
-        if op.op_type in ("Conv", "Gemm"):
+        if op.op_type in ("LSTM", "GRU"):
+            from .recurrent import export_node
+
+            export_node(b, sim, g, ins[0], ins[1:], head_out, qdq)
+        elif op.op_type in ("Conv", "Gemm"):
             m = sim.layers[key]
             wq, bq = sim.weight_q[key], sim.bias_q[key]
             wname, bname = g.name + ".weight", g.name + ".bias"
@@ -151,6 +158,9 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
             b.node("Reshape", ins + [shp], [head_out], op.name)
         elif op.op_type == "Concat":
             b.node("Concat", ins, [head_out], op.name, axis=int(a["axis"]))
+        elif op.op_type == "Gather":
+            idx = b.init(op.name + ".indices", np.asarray(a["index"], np.int64))
+            b.node("Gather", ins + [idx], [head_out], op.name, axis=int(a["axis"]))
         else:
             raise NotImplementedError(op.op_type)
         prev = head_out
@@ -229,7 +239,21 @@ def export(sim, out_dir: Path, name: str, encodings_version: str = "1.0.0") -> d
         acts[q.tensor_name] = q.encoding
     for alias, src in sim.alias.items():
         acts[alias] = sim.quantizer_of(src).encoding
+    for v in sim.cell_values:
+        acts[v] = sim.quantizer_of(v).encoding
+    recurrent_keys = set()
+    for g in sim.groups:
+        if g.op_type in ("LSTM", "GRU"):
+            from .recurrent import encodings as rnn_encodings
+
+            ra, rp = rnn_encodings(sim, g)
+            acts.update(ra)
+            params.update({n: _aimet_expressible(e) for n, e in rp.items()})
+            k = g.name.replace(".", "_")
+            recurrent_keys.update({f"{k}__w_ih", f"{k}__w_hh", f"{k}__b_ih", f"{k}__b_hh"})
     for key, q in list(sim.weight_q.items()) + list(sim.bias_q.items()):
+        if key in recurrent_keys:
+            continue
         if q.kind == "bias" and sim.layers[key].bias is None:
             continue  # a layer without bias has no bias tensor in the exported models: no encoding either
         if q.encoding is not None:

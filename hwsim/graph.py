@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from runtime.errors import UnsupportedError
 
-MOVEMENT = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+MOVEMENT = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Gather")
+RECURRENT = ("LSTM", "GRU")
 
 
 @dataclass
@@ -128,10 +129,14 @@ class _Lowering:
         self.alias: dict[str, str] = {}
         self.ops: list[Op] = []
         self.consts: dict[str, torch.Tensor] = {}
+        self.refused: dict[str, str] = {}  # values that may be traced but not used (e.g. an LSTM's h_n)
+        self.recurrent: dict[str, str] = {}  # an LSTM/GRU call's node -> the value of its output sequence
 
     def ref(self, a) -> str:
         if not isinstance(a, fx.Node):
             raise UnsupportedError(f"expected a tensor argument, found {a!r}")
+        if a.name in self.refused:
+            raise UnsupportedError(self.refused[a.name])
         return self.alias.get(a.name, a.name)
 
     def emit(self, node, op_type, inputs, module=None, **attrs):
@@ -144,7 +149,7 @@ class _Lowering:
     def refuse(self, node, what):
         raise UnsupportedError(f"node {node.name!r} ({node.op} {node.target}): {what}. Supported: Conv2d, Linear, "
                                "BatchNorm (folded), ReLU, ReLU6, Hardtanh, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), "
-                               "Flatten, view/reshape, add, mul, cat, Dropout, Identity")
+                               "Flatten, view/reshape, add, mul, cat, Dropout, Identity, LSTM, GRU, x[:, i]")
 
     def lower(self, node: fx.Node) -> None:
         if node.op == "call_module":
@@ -180,6 +185,8 @@ class _Lowering:
                 self._flatten(node, x, m.start_dim, m.end_dim)
             elif isinstance(m, (nn.Dropout, nn.Identity)):
                 self.skip(node, x)
+            elif isinstance(m, (nn.LSTM, nn.GRU)):
+                self._recurrent(node, m)
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 self.refuse(node, "a batch norm that does not follow a Conv2d/Linear with no other user cannot be folded")
             else:
@@ -220,6 +227,8 @@ class _Lowering:
                 self.emit(node, "GlobalAveragePool", [node.args[0]])
             elif f is F.dropout:
                 self.skip(node, node.args[0])
+            elif f is operator.getitem:
+                self._getitem(node)
             else:
                 self.refuse(node, f"function {getattr(f, '__name__', f)}")
         elif node.op == "call_method":
@@ -239,6 +248,64 @@ class _Lowering:
                 self.refuse(node, f"method {m}")
         elif node.op == "get_attr":
             self.refuse(node, "constant tensors in the graph")
+
+    def _recurrent(self, node, m) -> None:
+        """An nn.LSTM / nn.GRU call: one op per layer (each with its own hidden and cell encodings)."""
+        kind = "LSTM" if isinstance(m, nn.LSTM) else "GRU"
+        if getattr(m, "proj_size", 0):
+            self.refuse(node, "LSTM with proj_size (projection is not part of the integer LSTM)")
+        x = node.args[0]
+        if not isinstance(x, fx.Node):
+            self.refuse(node, "the input of a recurrent layer must be a tensor (PackedSequence is not supported)")
+        states = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+        init: list = []
+        if states is not None:
+            init = list(states) if isinstance(states, (tuple, list)) else [states]
+            if m.num_layers > 1:
+                self.refuse(node, f"initial states of a {m.num_layers}-layer {kind}: each layer has its own hidden "
+                            "and cell encodings, so pass initial states only to single-layer modules (or stack "
+                            "single-layer modules)")
+            for st in init:
+                if not (isinstance(st, fx.Node) and st.op == "placeholder"):
+                    self.refuse(node, "initial states must be model inputs (quantized with the layer's hidden and "
+                                "cell encodings)")
+        prev = self.ref(x)
+        d = 2 if m.bidirectional else 1
+        for k in range(m.num_layers):
+            out = node.name if k == m.num_layers - 1 else f"{node.name}_l{k}"
+            ins = [prev] + ([self.ref(st) for st in init] if k == 0 else [])
+            shp = self.shapes.get(x.name, ())
+            t_axis = 1 if m.batch_first else 0
+            out_shape = tuple(shp[:2]) + (d * m.hidden_size,) if len(shp) == 3 else ()
+            self.ops.append(Op(out, kind, ins, out, m, {
+                "layer": k, "directions": d, "hidden": m.hidden_size, "batch_first": bool(m.batch_first),
+                "module": str(node.target), "time_axis": t_axis, "initial": len(init)}, out_shape))
+            self.shapes[out] = out_shape
+            prev = out
+        self.recurrent[node.name] = prev
+
+    def _getitem(self, node) -> None:
+        src, idx = node.args[0], node.args[1]
+        if isinstance(src, fx.Node) and src.name in self.recurrent:
+            if idx == 0:
+                self.alias[node.name] = self.recurrent[src.name]
+            else:
+                self.refused[node.name] = (f"node {node.name!r}: the final states (h_n, c_n) of recurrent layer "
+                                           f"{src.target!r} are not supported as values; use the output sequence "
+                                           "(e.g. out[:, -1] for the last time step)")
+            return
+        if isinstance(src, fx.Node) and src.name in self.refused:
+            self.refused[node.name] = self.refused[src.name]
+            return
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        ints = [(i, v) for i, v in enumerate(idx) if isinstance(v, int)]
+        full = all(isinstance(v, slice) and v == slice(None) for v in idx if not isinstance(v, int))
+        if len(ints) == 1 and full and ints[0][0] > 0 and Ellipsis not in idx:
+            axis, index = ints[0]
+            self.emit(node, "Gather", [src], axis=axis, index=int(index))
+            return
+        self.refuse(node, f"indexing {idx!r}: only one integer index on a non-batch axis (e.g. out[:, -1]) is "
+                    "supported")
 
     def _flatten(self, node, x, start, end):
         nd = len(self.shapes.get(x.name, ()))

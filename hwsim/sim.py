@@ -42,7 +42,8 @@ from runtime.errors import DataError, HwsimError, UnsupportedError
 from runtime.target import Target, load_target
 
 from . import exact as X
-from .graph import MOVEMENT, Captured, Op, capture
+from . import recurrent as R
+from .graph import MOVEMENT, RECURRENT, Captured, Op, capture
 
 MAC_OPS = ("Conv", "Gemm")
 ACTIVATIONS = ("Relu", "Clip")
@@ -295,6 +296,10 @@ class SimModel(nn.Module):
         self.act_q = nn.ModuleDict()     # quantized activations, by value name
         self.weight_q = nn.ModuleDict()  # by group name
         self.bias_q = nn.ModuleDict()
+        self.cell_q = nn.ModuleDict()    # LSTM cell states (int16, power-of-two scale), by group key
+        self.cell_values: dict[str, str] = {}  # model inputs quantized with a cell encoding (initial c)
+        self.recurrent_observers: dict[str, dict] = {}
+        self.recurrent_stats: dict[str, dict] = {}  # calibrated internal ranges of recurrent layers
         self._place()
         self.stats: dict[str, dict] = {}
 
@@ -313,7 +318,9 @@ class SimModel(nn.Module):
         for op in self.cap.ops:
             if op.name in used:
                 continue
-            if op.op_type not in ar.integer_ops and op.op_type not in ("Identity",):
+            if op.op_type in RECURRENT:
+                R.check_target(t, op)
+            elif op.op_type not in ar.integer_ops and op.op_type not in ("Identity",):
                 raise UnsupportedError(f"{t.name}: node {op.name!r} is a {op.op_type}, which the target does not run in "
                                        f"integers (integer_ops: {', '.join(ar.integer_ops)})")
             best: list[Op] = []
@@ -353,6 +360,16 @@ class SimModel(nn.Module):
                                        "target's placement, but the integer runtime needs it quantized (add a "
                                        "supergroup that fuses it with its consumer, or quantize its output)")
             self._act(g.output)
+            if op_type in RECURRENT:
+                R.place(self, g)
+                if g.head.attrs["initial"]:
+                    h0 = g.head.inputs[1]
+                    del self.act_q[_key(h0)]
+                    self.alias[h0] = g.output  # the initial hidden state is read at the hidden encoding
+                    if len(g.head.inputs) > 2 and op_type == "LSTM":
+                        c0 = g.head.inputs[2]
+                        del self.act_q[_key(c0)]
+                        self.cell_values[c0] = _key(g.name)
             if op_type in MAC_OPS:
                 wq = ar.weights_for(op_type)
                 gran = PerTensor() if wq.granularity == "per_tensor" else (
@@ -369,6 +386,8 @@ class SimModel(nn.Module):
                                             self.target.arithmetic.rounding.quantize)
 
     def quantizer_of(self, value: str) -> Quantizer:
+        if value in self.cell_values:
+            return self.cell_q[self.cell_values[value]]
         v = self.alias.get(value, value)
         return self.act_q[_key(v)]
 
@@ -398,6 +417,8 @@ class SimModel(nn.Module):
         for q in self.act_q.values():
             q.observer = make_observer(schemes.get(q.tensor_name, scheme), q.qtype, q.scheme, name=q.tensor_name,
                                        **observer_options)
+        self.recurrent_observers = {_key(g.name): {"gates": R.AbsMax(), "cell": R.AbsMax()}
+                                    for g in self.groups if g.op_type in RECURRENT}
         it = batches
         if progress:
             from tqdm.auto import tqdm
@@ -417,6 +438,17 @@ class SimModel(nn.Module):
             mn, mx = q.observer.compute()
             q.set_encoding(encoding_from_range(mn, mx, q.qtype, q.scheme, PerTensor()))
             q.observer = None
+        self.recurrent_stats = {}
+        for k, obs in self.recurrent_observers.items():
+            st = {"gate_preact_absmax": obs["gates"].absmax,
+                  "gate_preact_saturated_fraction": obs["gates"].beyond / max(obs["gates"].count, 1)}
+            if k in self.cell_q:
+                enc = R.cell_encoding(obs["cell"].absmax, self.target)
+                self.cell_q[k].set_encoding(enc)
+                st.update(cell_absmax=obs["cell"].absmax, cell_scale_log2=int(np.log2(float(enc.scale))),
+                          cell_saturated=bool(obs["cell"].absmax > 32767 * float(enc.scale)))
+            self.recurrent_stats[k] = st
+        self.recurrent_observers = {}
         self.set_weight_encodings(weight_scheme)
 
     @torch.no_grad()
@@ -430,6 +462,9 @@ class SimModel(nn.Module):
 
         for g in self.groups:
             k = _key(g.name)
+            if g.op_type in RECURRENT:
+                R.set_weight_encodings(self, g, scheme)
+                continue
             if k not in self.weight_q:
                 continue
             wq, w = self.weight_q[k], self.layers[k].weight
@@ -450,6 +485,9 @@ class SimModel(nn.Module):
             self._set_bias_encoding(g)
 
     def _set_bias_encoding(self, g: Group) -> None:
+        if g.op_type in RECURRENT:
+            R.set_bias_encodings(self, g)
+            return
         k = _key(g.name)
         sx = self.quantizer_of(g.head.inputs[0]).encoding.scale
         sw = self.weight_q[k].encoding.scale
@@ -460,7 +498,8 @@ class SimModel(nn.Module):
     def encodings(self) -> dict[str, Encoding]:
         """Every encoding by tensor name (activations by value, weights/biases by ``<layer>.weight``)."""
         out = {}
-        for q in list(self.act_q.values()) + list(self.weight_q.values()) + list(self.bias_q.values()):
+        for q in list(self.act_q.values()) + list(self.weight_q.values()) + list(self.bias_q.values()) + \
+                list(self.cell_q.values()):
             if q.encoding is not None:
                 out[q.tensor_name] = q.encoding
         return out
@@ -504,6 +543,9 @@ class SimModel(nn.Module):
             # has an odd stride on its size-1 axis), which changes last bits and so calibrated scales
             out(name, torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x))
         for g in self.groups:
+            if g.op_type in RECURRENT:
+                out(g.output, R.forward(self, g, [vals[i] for i in g.head.inputs], fake, observe))
+                continue
             y = self._float_op(g, vals, fake)
             for a in g.acts:
                 y = _float_act(a, y)
@@ -553,6 +595,8 @@ class SimModel(nn.Module):
             return xs[0].reshape(a["shape"])
         if op.op_type == "Concat":
             return torch.cat(xs, a["axis"])
+        if op.op_type == "Gather":
+            return xs[0].select(a["axis"], a["index"])
         raise UnsupportedError(f"node {op.name!r}: {op.op_type} has no float implementation")
 
     def _fully_quantized(self, g: Group) -> bool:
@@ -638,6 +682,10 @@ class SimModel(nn.Module):
             vals[name] = self.quantizer_of(name).quantize(x)
         for g in self.groups:
             stats = {"overflow": 0, "saturation": 0}
+            if g.op_type in RECURRENT:
+                vals[g.output] = R.exact(self, g, vals, stats)
+                self.stats[g.name] = stats
+                continue
             vals[g.output] = exact_group(self, g, vals, stats)
             self.stats[g.name] = stats
         return vals

@@ -309,15 +309,21 @@ class Arithmetic:
                 _fail(error, f"{path}.op_type.{op}", "expected an ONNX operator type")
             if over.weights is not None and self.accumulator.bits < a.qtype.bits + over.weights.qtype.bits + 1:
                 _fail(error, f"{path}.op_type.{op}.weights.dtype", "too wide for the accumulator")
-        r = self.recurrent
-        if r.ops:
-            want = "16x8_16" if a.qtype.bits == 16 else "8x8_16"
-            if r.variant != want:
-                _fail(error, f"{path}.recurrent.variant", f"{a.dtype} activations run the {want!r} recurrent "
-                      f"variant, found {r.variant!r}")
-            if r.variant == "16x8_16" and a.scheme not in ("symmetric", "strict_symmetric"):
-                _fail(error, f"{path}.activations.scheme", "the 16x8_16 recurrent variant needs symmetric 16-bit "
-                      f"activations (zero point 0), found {a.scheme!r}")
+
+    def recurrent_problem(self, op_type: str) -> str | None:
+        """Why this target cannot run an ``op_type`` (LSTM/GRU) layer in integers, or None.
+
+        Checked at use rather than at load: a quantsim config may change the activations (e.g. to
+        asymmetric 16-bit) without touching the recurrent section."""
+        r, a = self.recurrent, self.activations
+        if op_type not in r.ops:
+            return r.unsupported_reason
+        want = "16x8_16" if a.qtype.bits == 16 else "8x8_16"
+        if r.variant != want:
+            return f"{a.dtype} activations need the {want!r} recurrent variant, the target describes {r.variant!r}"
+        if r.variant == "16x8_16" and a.scheme not in ("symmetric", "strict_symmetric"):
+            return f"the 16x8_16 recurrent variant needs symmetric 16-bit activations (zero point 0), found {a.scheme!r}"
+        return None
 
     def recurrent_weights(self) -> TensorQuant:
         """The weight quantization of LSTM/GRU weights (``recurrent.weights``, else the target's)."""
