@@ -203,7 +203,8 @@ def apply_method(sim, method, calib, score, train, args):
 # ------------------------------------------------------------------------------------------------
 def settings_key(args, model, target, method) -> str:
     s = json.dumps([model, target, method, args.test, args.calib, args.val, args.adaround_iterations,
-                    args.qat_samples, args.qat_epochs, args.qat_lr, 3], sort_keys=True)
+                    args.qat_samples, args.qat_epochs, args.qat_lr, 3]
+                   + ([args.qat_from] if method == "qat" and args.qat_from != "auto" else []), sort_keys=True)
     return hashlib.sha1(s.encode()).hexdigest()[:16]
 
 
@@ -227,6 +228,8 @@ def main():
     ap.add_argument("--qat-samples", type=int, default=8192)
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-lr", type=float, default=1e-4)
+    ap.add_argument("--qat-from", default="auto", choices=["auto", "adaround", "nearest"],
+                    help="the PTQ result QAT starts from")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--cache", default=str(CACHE / "ptq_rows.json"), help="rows cache (JSON) this run reads and extends")
     ap.add_argument("--also-read", nargs="*", default=[], help="other rows caches to take rows from (read only)")
@@ -294,15 +297,15 @@ def main():
                         base = hwsim.simulate(model, target, torch.from_numpy(calib_x[:1]))
                         calib = [torch.from_numpy(b) for b in _chunks(calib_x, 64 if labels else 1)]
                         base.calibrate(calib, progress=False)
-                    if method == "qat":  # QAT starts from the auto PTQ result (AIMET's recommended order)
+                    if method == "qat":  # QAT starts from a PTQ result (AIMET's recommended order)
                         if auto_sim is None:
                             auto_sim = copy.deepcopy(base)
-                            apply_method(auto_sim, "auto", calib, score, train, args)
+                            apply_method(auto_sim, args.qat_from, calib, score, train, args)
                         sim = copy.deepcopy(auto_sim)
                     else:
                         sim = copy.deepcopy(base)
                     info = apply_method(sim, method, calib, score, train, args)
-                    if method == "auto":
+                    if method == args.qat_from:
                         auto_sim = copy.deepcopy(sim)
                     ev = evaluate(sim, xte, yte)
                     row = {"model": name, "target": tname, "method": method, "labels": labels, **ev, **info}

@@ -182,10 +182,12 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
 
 
 def _aimet_expressible(enc: Encoding) -> Encoding:
-    """AIMET's files hold full-range or strict-symmetric grids: a reduced-range (7-bit in int8) weight
-    encoding is written with its dtype's full range; scale and zero point are unchanged, and the
-    integers in the QDQ model stay inside the reduced range."""
+    """AIMET's files hold full-range or strict-symmetric grids of 4 to 32 bits: a reduced-range (7-bit in
+    int8) weight encoding is written with its dtype's full range; scale and zero point are unchanged, and
+    the integers in the QDQ model stay inside the reduced range. An int64 bias is written as int32."""
     t = enc.dtype
+    if str(t) == "int64":  # 16x8 targets' int64 biases: written as int32, as the QDQ model holds them (_bias32)
+        return Encoding(enc.scale, enc.zero_point, "int32", enc.granularity, symmetric=True)
     if enc.symmetric and (enc.qmin, enc.qmax) not in ((t.qmin, t.qmax), (t.qmin + 1, t.qmax)):
         return Encoding(enc.scale, enc.zero_point, t, enc.granularity, symmetric=True)
     return enc

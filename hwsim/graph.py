@@ -300,12 +300,12 @@ class _Lowering:
         idx = idx if isinstance(idx, tuple) else (idx,)
         ints = [(i, v) for i, v in enumerate(idx) if isinstance(v, int)]
         full = all(isinstance(v, slice) and v == slice(None) for v in idx if not isinstance(v, int))
-        if len(ints) == 1 and full and ints[0][0] > 0 and Ellipsis not in idx:
+        if len(ints) == 1 and full and Ellipsis not in idx:
             axis, index = ints[0]
             self.emit(node, "Gather", [src], axis=axis, index=int(index))
             return
-        self.refuse(node, f"indexing {idx!r}: only one integer index on a non-batch axis (e.g. out[:, -1]) is "
-                    "supported")
+        self.refuse(node, f"indexing {idx!r}: only one integer index with full slices elsewhere (e.g. "
+                    "out[:, -1]) is supported")
 
     def _flatten(self, node, x, start, end):
         nd = len(self.shapes.get(x.name, ()))

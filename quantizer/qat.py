@@ -96,7 +96,8 @@ def freeze_ranges(sim) -> None:
 def _refresh_biases(sim) -> None:
     for g in sim.groups:
         k = g.name.replace(".", "_")
-        if k in sim.weight_q and sim.weight_q[k].encoding is not None and k in sim.bias_q:
+        if g.op_type in ("LSTM", "GRU") or (k in sim.weight_q and sim.weight_q[k].encoding is not None
+                                            and k in sim.bias_q):
             sim._set_bias_encoding(g)
 
 

@@ -1,9 +1,10 @@
-"""Slow, obvious reference of the integer LSTM (runtime/RECURRENT_ARITHMETIC.md), in Python ints.
+"""Slow, obvious reference of the integer LSTM and GRU (runtime/RECURRENT_ARITHMETIC.md), in Python ints.
 
 Written from the definition, not from the kernel: the gate FCs use the centred sums
 ``b + sum (x - zp_x) * W`` (the kernel uses TFLite's folded bias and raw products), the gemmlowp int16
-functions are re-derived here on Python ints with explicit int16 wrapping, and MBQM comes from
-tests/reference_kernels.py. The Numba kernels must equal this bit for bit.
+functions are re-derived here on Python ints with explicit int16 wrapping, the int32 MBQM comes from
+tests/reference_kernels.py and the int64 MBQM of the 16-bit variant is written out here. The Numba
+kernels must equal this bit for bit.
 """
 from __future__ import annotations
 
@@ -107,16 +108,44 @@ def tanh16(a: int, ibits: int) -> int:
     return wrap16(-t) if a < 0 else t
 
 
-def lstm_ref(x, h0, c0, p):
-    """The integer LSTM by definition; ``p`` an LstmQuantParams. Returns (y, h_T, c_T) as int64 arrays."""
-    x = np.asarray(x)
-    steps, batch, n_in = x.shape
-    hid = p.hidden_size
-    single = p.rounding == "single"
-    zx, zh = p.input_zero_point, p.hidden_zero_point
+def mbqm64(x: int, m: int, e: int) -> int:
+    """TFLite MultiplyByQuantizedMultiplier(int64 x): 15-bit multiplier, one rounding (ties toward +inf)."""
+    m16 = (m + 2**15) // 2**16 if m < 0x7FFF0000 else 0x7FFF
+    t = 15 - e
+    return wrap32((x * m16 + 2 ** (t - 1)) // 2**t)
+
+
+def requant(x: int, m: int, e: int, rounding: str) -> int:
+    """The MBQM named by a params' ``rounding``."""
+    if rounding == "int64":
+        return mbqm64(x, m, e)
+    return mbqm_ref(x, m, e, rounding == "single")
+
+
+def _fcs(p, xt, h):
+    """Per gate g and cell j: (a, u) = (MBQM(b + sum (x - zp_x) Wx), MBQM(rb + sum (h - zp_h) Wh)), unclamped."""
+    n_gates, hid, n_in = p.input_weights.shape
     wx = p.input_weights.astype(np.int64).tolist()
     wh = p.recurrent_weights.astype(np.int64).tolist()
     b = p.bias.astype(np.int64).tolist()
+    rb = p.recurrent_bias.astype(np.int64).tolist()
+    zx, zh = p.input_zero_point, p.hidden_zero_point
+    a = [[0] * hid for _ in range(n_gates)]
+    u = [[0] * hid for _ in range(n_gates)]
+    for g in range(n_gates):
+        for j in range(hid):
+            acc_x = b[g][j] + sum((xt[d] - zx) * wx[g][j][d] for d in range(n_in))
+            acc_h = rb[g][j] + sum((h[k] - zh) * wh[g][j][k] for k in range(hid))
+            a[g][j] = requant(acc_x, int(p.input_multipliers[g, j]), int(p.input_shifts[g, j]), p.rounding)
+            u[g][j] = requant(acc_h, int(p.recurrent_multipliers[g, j]), int(p.recurrent_shifts[g, j]), p.rounding)
+    return a, u
+
+
+def lstm_ref(x, h0, c0, p):
+    """The integer LSTM by definition; ``p`` an LstmQuantParams. Returns (y, h_T, c_T) as int64 arrays."""
+    x = np.asarray(x)
+    steps, batch, _ = x.shape
+    hid = p.hidden_size
     shift_c = 30 + p.cell_scale_log2
     y = np.zeros((steps, batch, hid), np.int64)
     h_all = np.zeros((batch, hid), np.int64)
@@ -125,15 +154,11 @@ def lstm_ref(x, h0, c0, p):
         h = [int(v) for v in h0[n]]
         c = [int(v) for v in c0[n]]
         for t in range(steps):
-            xt = [int(v) for v in x[t, n]]
+            a, u = _fcs(p, [int(v) for v in x[t, n]], h)
             gate = [[0] * hid for _ in range(4)]
             for g in range(4):
                 for j in range(hid):
-                    acc_x = b[g][j] + sum((xt[d] - zx) * wx[g][j][d] for d in range(n_in))
-                    acc_h = sum((h[k] - zh) * wh[g][j][k] for k in range(hid))
-                    a = sat16(mbqm_ref(acc_x, int(p.input_multipliers[g, j]), int(p.input_shifts[g, j]), single))
-                    z = sat16(wrap32(mbqm_ref(acc_h, int(p.recurrent_multipliers[g, j]),
-                                              int(p.recurrent_shifts[g, j]), single) + a))
+                    z = sat16(wrap32(u[g][j] + sat16(a[g][j])))
                     gate[g][j] = tanh16(z, 3) if g == 3 else logistic16(z, 3)
             i_g, o_g, f_g, g_g = gate
             for j in range(hid):
@@ -142,10 +167,36 @@ def lstm_ref(x, h0, c0, p):
                     cj = min(max(cj, -p.cell_clip), p.cell_clip)
                 c[j] = cj
             for j in range(hid):
-                v = mbqm_ref(o_g[j] * tanh16(c[j], 15 + p.cell_scale_log2), p.hidden_multiplier, p.hidden_shift,
-                             single) + zh
+                v = requant(o_g[j] * tanh16(c[j], 15 + p.cell_scale_log2), p.hidden_multiplier, p.hidden_shift,
+                            p.rounding) + p.hidden_zero_point
                 h[j] = min(max(v, p.hidden_qmin), p.hidden_qmax)
                 y[t, n, j] = h[j]
         h_all[n] = h
         c_all[n] = c
     return y, h_all, c_all
+
+
+def gru_ref(x, h0, p):
+    """The integer GRU by definition; ``p`` a GruQuantParams. Returns (y, h_T) as int64 arrays."""
+    x = np.asarray(x)
+    steps, batch, _ = x.shape
+    hid = p.hidden_size
+    zh = p.hidden_zero_point
+    y = np.zeros((steps, batch, hid), np.int64)
+    h_all = np.zeros((batch, hid), np.int64)
+    for n in range(batch):
+        h = [int(v) for v in h0[n]]
+        s = [sat16(requant(v - zh, p.state_in_multiplier, p.state_in_shift, p.rounding)) for v in h]
+        for t in range(steps):
+            a, u = _fcs(p, [int(v) for v in x[t, n]], h)
+            for j in range(hid):
+                z = logistic16(sat16(sat16(a[0][j]) + sat16(u[0][j])), 3)
+                r = logistic16(sat16(sat16(a[1][j]) + sat16(u[1][j])), 3)
+                cand = tanh16(sat16(sat16(a[2][j]) + rdbpot(r * sat16(u[2][j]), 15)), 3)
+                s[j] = sat16(cand + rdbpot(z * (s[j] - cand), 15))  # (1 - z) * n + z * s
+            for j in range(hid):
+                v = requant(s[j], p.state_out_multiplier, p.state_out_shift, p.rounding) + zh
+                h[j] = min(max(v, p.hidden_qmin), p.hidden_qmax)
+                y[t, n, j] = h[j]
+        h_all[n] = h
+    return y, h_all

@@ -1,18 +1,30 @@
-"""Integer LSTM kernels over time steps (TFLite's fully integer 8x8_16 LSTM) and their int16 non-linearities.
+"""Integer LSTM and GRU kernels over time steps and their int16 non-linearities.
 
-The arithmetic is specified in ``runtime/RECURRENT_ARITHMETIC.md``; plan-time parameters come from
-:func:`runtime.recurrent.prepare_lstm`. The ``@jit`` cores see only integer arrays and numbers.
+The LSTM is TFLite's fully integer LSTM (8x8_16; and 16x8_16: int16 activations, int64 accumulators and
+MBQM); the GRU is this project's definition by analogy. The arithmetic is specified in
+``runtime/RECURRENT_ARITHMETIC.md``; plan-time parameters come from :func:`runtime.recurrent.prepare_lstm`
+and :func:`runtime.recurrent.prepare_gru`. The ``@jit`` cores see only integer arrays and numbers.
+``MBQM`` below is the parameters' ``rounding``: the int32 MBQM with double or single rounding, or the
+int64 MBQM (15-bit multiplier) of the 16-bit variant.
 
-Per time step t and batch row n (gate order i, o, f, c as ONNX; all gates read h_{t-1}):
+LSTM, per time step t and batch row n (gate order i, o, f, c as ONNX; all gates read h_{t-1}):
 
-- gate FCs, per gate g and cell j (int64 sums; TFLite's folded bias ``bx = b - zp_x*rowsum(Wx)``,
-  ``bh = -zp_h*rowsum(Wh)``, then raw 8-bit products):
+- gate FCs, per gate g and cell j (int64 sums; TFLite's folded biases ``bx = b - zp_x*rowsum(Wx)``,
+  ``bh = rb - zp_h*rowsum(Wh)``, then raw products):
   ``a = clamp16(MBQM(bx[g,j] + sum_d x[d]*Wx[g,j,d], Mx[g,j], ex[g,j]))``;
   ``z = clamp16(wrap32(MBQM(bh[g,j] + sum_k h[k]*Wh[g,j,k], Mh[g,j], eh[g,j]) + a))`` (Q3.12);
 - ``i, o, f = logistic_int16(z; 3 integer bits)``, ``g = tanh_int16(z; 3)`` (gemmlowp, Q0.15 out);
 - ``c = clamp16(wrap16(RDBPOT(f*c, 15)) + wrap16(RDBPOT(i*g, 30 + p)))``, then ``clamp(c, -clip, clip)``
   when ``clip > 0`` (cell scale ``2^p``);
 - ``h = clamp(MBQM(o * tanh_int16(c; 15 + p), M_h, e_h) + zp_h, h_min, h_max)``; ``y[t] = h``.
+
+GRU, per time step and row (gate order z, r, n; state ``s`` in Q0.15, h the quantized hidden state):
+
+- ``a_g = clamp16(MBQM(bx[g,j] + sum x*Wx[g,j]))``, ``u_g = clamp16(MBQM(bh[g,j] + sum h*Wh[g,j]))`` (Q3.12);
+- ``z = logistic_int16(clamp16(a_z + u_z); 3)``, ``r = logistic_int16(clamp16(a_r + u_r); 3)``;
+- ``n = tanh_int16(clamp16(a_n + RDBPOT(r*u_n, 15)); 3)``;
+- ``s = clamp16(n + RDBPOT(z*(s - n), 15))`` (``s`` starts at ``clamp16(MBQM(h0 - zp_h, M_in, e_in))``);
+- ``h = clamp(MBQM(s, M_out, e_out) + zp_h, h_min, h_max)``; ``y[t] = h``.
 
 The gemmlowp int16 primitives (``fixedpoint/fixedpoint.h``, ``FixedPoint<int16_t, I>``): plain
 ``+``/``-``/negation wrap modulo 2^16, ``*`` is the int16 SaturatingRoundingDoublingHighMul, constants
@@ -30,11 +42,11 @@ import numpy as np
 from numba import prange
 
 from ..errors import HwsimError
-from ..fixedpoint import mbqm_scalar, rdbpot_scalar, wrap32_scalar
+from ..fixedpoint import mbqm_int64_scalar, mbqm_scalar, rdbpot_scalar, wrap32_scalar
 from ..numba_config import jit
-from ..recurrent import LstmQuantParams
+from ..recurrent import GruQuantParams, LstmQuantParams
 
-__all__ = ["logistic_int16", "tanh_int16", "lstm_int",
+__all__ = ["logistic_int16", "tanh_int16", "lstm_int", "gru_int",
            "logistic_int16_scalar", "tanh_int16_scalar", "srdhm16_scalar", "wrap16_scalar"]
 
 MAX_TANH_INTEGER_BITS = 6  # TFLite's ApplyTanh dispatches integer bits 0..6 (also logistic's domain here)
@@ -217,11 +229,28 @@ def tanh_int16(x, integer_bits: int = 3) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# LSTM over time steps
+# LSTM and GRU over time steps
 # ---------------------------------------------------------------------------------------------
+MBQM_DOUBLE, MBQM_SINGLE, MBQM_INT64 = 0, 1, 2  # the kernels' ``mode``: which MBQM (params.rounding)
+_MODES = {"double": MBQM_DOUBLE, "single": MBQM_SINGLE, "int64": MBQM_INT64}
+
+
+@jit
+def _mbqm(x, m, e, mode):
+    """The MBQM of ``mode``: int32 double (0) or single (1) rounding, or the int64 one (2, 15-bit multiplier)."""
+    if mode == MBQM_INT64:
+        return mbqm_int64_scalar(x, m, e)
+    return mbqm_scalar(x, m, e, mode == MBQM_SINGLE)
+
+
+@jit
+def _clamp16(v):
+    return min(max(v, -32768), 32767)
+
+
 @jit
 def _gate_fc(vec, w, bias, g, j):
-    """bias[g, j] + sum_k vec[k] * w[g, j, k] (raw 8-bit values, int64 sum)."""
+    """bias[g, j] + sum_k vec[k] * w[g, j, k] (raw 8- or 16-bit values, int64 sum)."""
     acc = np.int64(bias[g, j])
     for k in range(vec.shape[0]):
         acc += np.int64(vec[k]) * np.int64(w[g, j, k])
@@ -230,7 +259,7 @@ def _gate_fc(vec, w, bias, g, j):
 
 @jit(parallel=True)
 def _lstm_kernel(x, h0, c0, wx, wh, bx, bh, mx, ex, mh, eh, m_hid, e_hid, zp_h, h_lo, h_hi, cell_shift, tanh_bits,
-                 clip, single, y, h_out, c_out):
+                 clip, mode, y, h_out, c_out):
     steps, batch, _ = x.shape
     hid = wx.shape[1]
     for n in prange(batch):
@@ -244,10 +273,8 @@ def _lstm_kernel(x, h0, c0, wx, wh, bx, bh, mx, ex, mh, eh, m_hid, e_hid, zp_h, 
             xt = x[t, n]
             for g in range(4):
                 for j in range(hid):
-                    a = mbqm_scalar(_gate_fc(xt, wx, bx, g, j), mx[g, j], ex[g, j], single)
-                    a = min(max(a, -32768), 32767)
-                    z = wrap32_scalar(mbqm_scalar(_gate_fc(h, wh, bh, g, j), mh[g, j], eh[g, j], single) + a)
-                    z = min(max(z, -32768), 32767)
+                    a = _clamp16(_mbqm(_gate_fc(xt, wx, bx, g, j), mx[g, j], ex[g, j], mode))
+                    z = _clamp16(wrap32_scalar(_mbqm(_gate_fc(h, wh, bh, g, j), mh[g, j], eh[g, j], mode) + a))
                     if g == 3:
                         gates[g, j] = tanh_int16_scalar(z, 3)
                     else:
@@ -255,12 +282,12 @@ def _lstm_kernel(x, h0, c0, wx, wh, bx, bh, mx, ex, mh, eh, m_hid, e_hid, zp_h, 
             for j in range(hid):
                 fc = wrap16_scalar(rdbpot_scalar(gates[2, j] * c[j], 15))
                 ig = wrap16_scalar(rdbpot_scalar(gates[0, j] * gates[3, j], cell_shift))
-                cj = min(max(fc + ig, -32768), 32767)
+                cj = _clamp16(fc + ig)
                 if clip > 0:
                     cj = min(max(cj, -clip), clip)
                 c[j] = cj
             for j in range(hid):
-                v = mbqm_scalar(gates[1, j] * tanh_int16_scalar(c[j], tanh_bits), m_hid, e_hid, single) + zp_h
+                v = _mbqm(gates[1, j] * tanh_int16_scalar(c[j], tanh_bits), m_hid, e_hid, mode) + zp_h
                 h[j] = min(max(v, h_lo), h_hi)
                 y[t, n, j] = h[j]
         for j in range(hid):
@@ -268,20 +295,69 @@ def _lstm_kernel(x, h0, c0, wx, wh, bx, bh, mx, ex, mh, eh, m_hid, e_hid, zp_h, 
             c_out[n, j] = c[j]
 
 
-def _check_state(name: str, arr, shape: tuple, dtype) -> np.ndarray:
+@jit(parallel=True)
+def _gru_kernel(x, h0, wx, wh, bx, bh, mx, ex, mh, eh, m_in, e_in, m_out, e_out, zp_h, h_lo, h_hi, mode, y, h_out):
+    steps, batch, _ = x.shape
+    hid = wx.shape[1]
+    for n in prange(batch):
+        h = np.empty(hid, np.int64)
+        s = np.empty(hid, np.int64)
+        for j in range(hid):
+            h[j] = h0[n, j]
+            s[j] = _clamp16(_mbqm(h[j] - zp_h, m_in, e_in, mode))
+        a = np.empty((3, hid), np.int64)
+        u = np.empty((3, hid), np.int64)
+        for t in range(steps):
+            xt = x[t, n]
+            for g in range(3):
+                for j in range(hid):
+                    a[g, j] = _clamp16(_mbqm(_gate_fc(xt, wx, bx, g, j), mx[g, j], ex[g, j], mode))
+                    u[g, j] = _clamp16(_mbqm(_gate_fc(h, wh, bh, g, j), mh[g, j], eh[g, j], mode))
+            for j in range(hid):
+                zg = logistic_int16_scalar(_clamp16(a[0, j] + u[0, j]), 3)
+                rg = logistic_int16_scalar(_clamp16(a[1, j] + u[1, j]), 3)
+                ng = tanh_int16_scalar(_clamp16(a[2, j] + rdbpot_scalar(rg * u[2, j], 15)), 3)
+                s[j] = _clamp16(ng + rdbpot_scalar(zg * (s[j] - ng), 15))
+            for j in range(hid):
+                v = _mbqm(s[j], m_out, e_out, mode) + zp_h
+                h[j] = min(max(v, h_lo), h_hi)
+                y[t, n, j] = h[j]
+        for j in range(hid):
+            h_out[n, j] = h[j]
+
+
+def _check_state(fn: str, name: str, arr, shape: tuple, dtype) -> np.ndarray:
     a = np.asarray(arr)
     if a.dtype != np.dtype(dtype):
-        raise HwsimError(f"lstm_int: {name} must be {np.dtype(dtype)}, found dtype {a.dtype}")
+        raise HwsimError(f"{fn}: {name} must be {np.dtype(dtype)}, found dtype {a.dtype}")
     if a.shape != shape:
-        raise HwsimError(f"lstm_int: {name} must have shape {shape}, found {a.shape}")
+        raise HwsimError(f"{fn}: {name} must have shape {shape}, found {a.shape}")
     return np.ascontiguousarray(a)
+
+
+def _check_input(fn: str, x_q, params) -> np.ndarray:
+    x = np.asarray(x_q)
+    n_in = params.input_size
+    if x.ndim != 3 or x.shape[2] != n_in or x.shape[0] < 1:
+        raise HwsimError(f"{fn}: x must have shape [T >= 1, N, {n_in}], found {x.shape}")
+    if x.dtype != np.dtype(params.input_dtype):
+        raise HwsimError(f"{fn}: x must be {params.input_dtype} (the input encoding's dtype), found {x.dtype}")
+    return np.ascontiguousarray(x)
+
+
+def _initial_h(fn: str, h0, params, batch: int) -> np.ndarray:
+    h_dtype = np.dtype(params.hidden_dtype)
+    shape = (batch, params.hidden_size)
+    if h0 is None:
+        return np.full(shape, params.hidden_zero_point, h_dtype)
+    return _check_state(fn, "h0", h0, shape, h_dtype)
 
 
 def lstm_int(x_q, h0, c0, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run one integer LSTM direction over a sequence (the module docstring gives the arithmetic).
 
-    - ``x_q``: ``[T, N, I]`` in ``params.input_dtype`` (int8 or uint8), T >= 1 time steps of N rows;
-      feed ``x_q[::-1]`` for a reverse direction.
+    - ``x_q``: ``[T, N, I]`` in ``params.input_dtype`` (int8, uint8 or int16), T >= 1 time steps of N
+      rows; feed ``x_q[::-1]`` for a reverse direction.
     - ``h0``: ``[N, H]`` in ``params.hidden_dtype`` (or None: all ``hidden_zero_point``, i.e. 0.0);
       ``c0``: ``[N, H]`` int16 at scale ``2^p`` (or None: zeros).
     - ``params``: :class:`runtime.recurrent.LstmQuantParams` from :func:`runtime.recurrent.prepare_lstm`.
@@ -291,18 +367,11 @@ def lstm_int(x_q, h0, c0, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     if not isinstance(params, LstmQuantParams):
         raise HwsimError(f"lstm_int: params must be an LstmQuantParams from prepare_lstm, found {type(params).__name__}")
-    x = np.asarray(x_q)
-    hid, n_in = params.hidden_size, params.input_size
-    if x.ndim != 3 or x.shape[2] != n_in or x.shape[0] < 1:
-        raise HwsimError(f"lstm_int: x must have shape [T >= 1, N, {n_in}], found {x.shape}")
-    if x.dtype != np.dtype(params.input_dtype):
-        raise HwsimError(f"lstm_int: x must be {params.input_dtype} (the input encoding's dtype), found {x.dtype}")
-    x = np.ascontiguousarray(x)
-    batch = x.shape[1]
+    x = _check_input("lstm_int", x_q, params)
+    batch, hid = x.shape[1], params.hidden_size
+    h0 = _initial_h("lstm_int", h0, params, batch)
+    c0 = np.zeros((batch, hid), np.int16) if c0 is None else _check_state("lstm_int", "c0", c0, (batch, hid), np.int16)
     h_dtype = np.dtype(params.hidden_dtype)
-    h0 = np.full((batch, hid), params.hidden_zero_point, h_dtype) if h0 is None \
-        else _check_state("h0", h0, (batch, hid), h_dtype)
-    c0 = np.zeros((batch, hid), np.int16) if c0 is None else _check_state("c0", c0, (batch, hid), np.int16)
     y = np.empty((x.shape[0], batch, hid), h_dtype)
     h_out = np.empty((batch, hid), h_dtype)
     c_out = np.empty((batch, hid), np.int16)
@@ -312,5 +381,35 @@ def lstm_int(x_q, h0, c0, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                  params.input_multipliers, params.input_shifts, params.recurrent_multipliers, params.recurrent_shifts,
                  np.int64(params.hidden_multiplier), np.int64(params.hidden_shift), np.int64(params.hidden_zero_point),
                  np.int64(params.hidden_qmin), np.int64(params.hidden_qmax), np.int64(30 + p), np.int64(15 + p),
-                 np.int64(params.cell_clip), params.rounding == "single", y, h_out, c_out)
+                 np.int64(params.cell_clip), np.int64(_MODES[params.rounding]), y, h_out, c_out)
     return y, h_out, c_out
+
+
+def gru_int(x_q, h0, params) -> tuple[np.ndarray, np.ndarray]:
+    """Run one integer GRU direction over a sequence (the module docstring gives the arithmetic).
+
+    - ``x_q``: ``[T, N, I]`` in ``params.input_dtype`` (int8, uint8 or int16), T >= 1 time steps of N
+      rows; feed ``x_q[::-1]`` for a reverse direction.
+    - ``h0``: ``[N, H]`` in ``params.hidden_dtype`` (or None: all ``hidden_zero_point``, i.e. 0.0).
+    - ``params``: :class:`runtime.recurrent.GruQuantParams` from :func:`runtime.recurrent.prepare_gru`.
+
+    Returns ``(y [T, N, H], h_T [N, H])`` in the hidden dtype (``h_T = y[-1]``). The Q0.15 state is
+    internal: it starts from h0 and is carried between steps at full precision. Exact integer
+    arithmetic; equal bit for bit to ``tests/reference_recurrent.py``.
+    """
+    if not isinstance(params, GruQuantParams):
+        raise HwsimError(f"gru_int: params must be a GruQuantParams from prepare_gru, found {type(params).__name__}")
+    x = _check_input("gru_int", x_q, params)
+    batch, hid = x.shape[1], params.hidden_size
+    h0 = _initial_h("gru_int", h0, params, batch)
+    h_dtype = np.dtype(params.hidden_dtype)
+    y = np.empty((x.shape[0], batch, hid), h_dtype)
+    h_out = np.empty((batch, hid), h_dtype)
+    _gru_kernel(x, h0, params.input_weights, params.recurrent_weights,
+                params.input_bias_folded, params.recurrent_bias_folded,
+                params.input_multipliers, params.input_shifts, params.recurrent_multipliers, params.recurrent_shifts,
+                np.int64(params.state_in_multiplier), np.int64(params.state_in_shift),
+                np.int64(params.state_out_multiplier), np.int64(params.state_out_shift),
+                np.int64(params.hidden_zero_point), np.int64(params.hidden_qmin), np.int64(params.hidden_qmax),
+                np.int64(_MODES[params.rounding]), y, h_out)
+    return y, h_out
