@@ -6,6 +6,8 @@ against a float model and a target and lists findings (severity, tensor, message
 - **missing**: a tensor the target quantizes (``runtime.placement.expected_encodings``) has no
   encoding (error; for a bias a warning: applying derives it at ``s_x * s_w``), or is kept float;
 - **unknown-tensor**: an encoding names no tensor of the model (error);
+- **recurrent-internal**: an AIMET recurrent-quantizer name (``<module>.h_l0``, ``.c_l0``, ``.weight_ih_l0``, ...)
+  in a model with LSTM/GRU nodes: applied by the QDQ export, not by float + encodings (warning);
 - **misplaced**: an activation encoding on a weight/bias initializer, or a parameter encoding on a
   computed tensor (error; 0.6.1/1.0.0 files, which separate the two);
 - **unexpected**: an encoding where the target places no quantizer, e.g. inside a supergroup
@@ -25,6 +27,8 @@ unreadable files (the message names the file), 3 internal error. Handlers catch 
 errors themselves and return the code, so they behave the same when wired into ``hwsim.cli``.
 """
 from __future__ import annotations
+
+import re
 
 import argparse
 import json
@@ -120,6 +124,9 @@ def _degenerate(name: str, e) -> Finding | None:
                    f"MIN_RANGE floor ({MIN_RANGE:g}), dead channels: {idx}{' ...' if dead.size > 8 else ''}")
 
 
+_RECURRENT_NAME = re.compile(r"\.((weight|bias)_(ih|hh)|input|h|c|initial_h|initial_c)_l\d+(_reverse)?$")
+
+
 def validate_encodings(model, encodings, target) -> list[Finding]:
     """Findings of AIMET ``encodings`` (path, dict or EncodingsFile) for float ``model`` on ``target``
     (see the module docstring). Unreadable inputs raise :class:`~runtime.errors.HwsimError`."""
@@ -148,11 +155,21 @@ def validate_encodings(model, encodings, target) -> list[Finding]:
     for name, kind in expected.items():
         if kind == "float":
             p = producers.get(name)
+            if p is not None and p.op_type in ("LSTM", "GRU") and target.arithmetic.recurrent_problem(p.op_type) is None:
+                out.append(Finding("warning", "recurrent-internal", name, f"output of {p.op_type} node {p.name!r}: the "
+                                   "target runs it in integers from the QDQ model hwsim exports, not from float + "
+                                   "encodings"))
+                continue
             what = f"{p.op_type} node {p.name!r}" if p is not None else "its producer"
             out.append(Finding("error", "float-op", name, f"produced by {what}, which target {target.name!r} does not "
                                "run in integers (not in arithmetic.integer_ops)"))
+    recurrent = [n for n in graph.nodes if n.op_type in ("LSTM", "GRU")]
     for name in list(every) + list(enc.floats):
         if name not in known:
+            if recurrent and _RECURRENT_NAME.search(name):
+                out.append(Finding("warning", "recurrent-internal", name, "an AIMET recurrent-quantizer name (no tensor "
+                                   f"of {source}); the QDQ model hwsim exports applies it, float + encodings does not"))
+                continue
             out.append(Finding("error", "unknown-tensor", name, f"the encoding names no tensor of {source}"))
     if split_file:
         for name in enc.activations:

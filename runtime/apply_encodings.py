@@ -56,7 +56,7 @@ from onnx import helper, numpy_helper
 
 from .aimet import EncodingsFile, FlatBlocks, read_encodings, with_axis, with_storage
 from .encoding import Encoding, PerAxis, PerBlock, bias_encoding
-from .errors import EncodingError, HwsimError, ModelError
+from .errors import EncodingError, HwsimError, ModelError, UnsupportedError
 from .graph import load_model_proto
 from .placement import MOVEMENT_OPS, param_role, weight_axes
 from .quantize import quantize
@@ -215,6 +215,12 @@ def apply_encodings(model: onnx.ModelProto | str | os.PathLike, encodings: Encod
     except Exception as e:  # refuse a broken float model before rewriting it
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{source}: the ONNX checker rejects the float model: {first}") from None
+    for node in proto.graph.node:
+        if node.op_type in ("LSTM", "GRU") and node.domain in ("", "ai.onnx"):
+            raise UnsupportedError(f"{source}: {node.op_type} node {node.name!r}: encodings are not applied to "
+                                   "recurrent layers (their weights, gates and cell state need the layer's own Q/DQ "
+                                   "form, runtime/RECURRENT_ARITHMETIC.md); load the QDQ model hwsim exports "
+                                   "(<name>.onnx) instead")
     m = onnx.ModelProto()
     m.CopyFrom(proto)
 

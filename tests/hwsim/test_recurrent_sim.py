@@ -239,3 +239,16 @@ def test_nan_in_calibration_data_is_named():
     x[1, 2, 0] = float("nan")
     with pytest.raises(DataError, match="calibration batch 0"):
         sim.calibrate([x], progress=False)
+
+
+def test_float_plus_encodings_path_says_to_use_the_qdq_export(tmp_path, capsys):
+    from hwsim.cli import main
+
+    torch.manual_seed(7)
+    x = torch.randn(8, 5, 6)
+    files = _sim(Seq("LSTM").eval(), "dsp-int8", x).export(tmp_path, "m")
+    with pytest.raises(UnsupportedError, match="LSTM node 'rnn'.*QDQ model"):
+        runtime.load(files["float_onnx"], "dsp-int8", encodings=files["encodings"])
+    # validation knows the AIMET recurrent names: warnings, no error
+    assert main(["encodings", "validate", str(files["float_onnx"]), str(files["encodings"]), "--target", "dsp-int8"]) == 0
+    assert "recurrent-internal" in capsys.readouterr().out
