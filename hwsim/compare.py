@@ -52,7 +52,12 @@ def compare(sim, x: np.ndarray, labels: np.ndarray | None = None, batch_size: in
             res = prog.run_with_details({sim.input_names[0]: xb}, keep_tensors=True)
             for g in layers:
                 q = sim.quantizer_of(g.output)
-                integer = torch.from_numpy(res.tensors[g.output + "_q"].astype(np.int64))
+                if g.op_type in ("LSTM", "GRU"):
+                    from .recurrent import runtime_tensor
+
+                    integer = torch.from_numpy(runtime_tensor(g, res.tensors).astype(np.int64))
+                else:
+                    integer = torch.from_numpy(res.tensors[g.output + "_q"].astype(np.int64))
                 e = ex[g.output]
                 ident[0] += int((e == integer).sum())
                 ident[1] += e.numel()

@@ -483,6 +483,16 @@ def export_node(b, sim, g, x: str, init: list[str], out: str, qdq: bool) -> str:
     return out
 
 
+def runtime_tensor(g, tensors: dict) -> np.ndarray:
+    """The layer's output integers from the runtime's tensors (its fused ``Y`` QuantizeLinear,
+    ``[T, D, N, H]``) in the simulator's torch layout."""
+    a = g.head.attrs
+    y = tensors[g.head.name + "_Y_q"]
+    t, d, n, h = y.shape
+    y = y.transpose(0, 2, 1, 3).reshape(t, n, d * h)
+    return np.ascontiguousarray(y.transpose(1, 0, 2) if a["batch_first"] else y)
+
+
 def encodings(sim, g) -> tuple[dict, dict]:
     """AIMET-named activation and parameter encodings of one recurrent layer (see module docstring)."""
     op = g.head
@@ -505,5 +515,5 @@ def encodings(sim, g) -> tuple[dict, dict]:
     return acts, params
 
 
-__all__ = ["place", "set_weight_encodings", "set_bias_encodings", "cell_encoding", "forward", "exact",
+__all__ = ["runtime_tensor", "place", "set_weight_encodings", "set_bias_encodings", "cell_encoding", "forward", "exact",
            "integer_params", "export_node", "encodings", "is_recurrent", "AbsMax"]

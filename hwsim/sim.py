@@ -558,6 +558,8 @@ class SimModel(nn.Module):
         op = g.head
         xs = [vals[i] for i in op.inputs]
         a = op.attrs
+        if op.op_type in RECURRENT:
+            return R.forward(self, g, xs, fake, observe=False)
         if op.op_type in MAC_OPS:
             m = self.layers[_key(op.name)]
             w, b = m.weight, m.bias

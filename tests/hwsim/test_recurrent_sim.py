@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import hwsim
 import runtime
+from hwsim.recurrent import runtime_tensor
 from runtime.errors import DataError, UnsupportedError
 
 TARGETS = ["dsp-int8", "npu-int8-pc", "npu-w4a8", "htp-a16w8"]
@@ -69,12 +70,11 @@ def _exact_vs_runtime(sim, feeds: dict, tmp_path):
         if g.out_quantized and g.op_type in ("LSTM", "GRU"):
             y = res.tensors[g.name + "_Y_q"]  # [T, D, N, H]
             t = vals[g.output].numpy()  # torch layout
-            bf = g.head.attrs["batch_first"]
-            d = g.head.attrs["directions"]
-            tnd = np.moveaxis(t, 1, 0) if bf else t  # [T, N, D*H]
+            tnd = np.moveaxis(t, 1, 0) if g.head.attrs["batch_first"] else t  # [T, N, D*H]
             assert np.array_equal(y.transpose(0, 2, 1, 3).reshape(tnd.shape), tnd), g.name
+            assert np.array_equal(runtime_tensor(g, res.tensors), t)
+            assert sim.stats[g.name]["saturation"] == res.stats[g.name].saturation
             n += 1
-            assert d in (1, 2)
     assert n >= 1
     sim.mode = "exact"
     out = sim(*feeds.values())
@@ -252,3 +252,22 @@ def test_float_plus_encodings_path_says_to_use_the_qdq_export(tmp_path, capsys):
     # validation knows the AIMET recurrent names: warnings, no error
     assert main(["encodings", "validate", str(files["float_onnx"]), str(files["encodings"]), "--target", "dsp-int8"]) == 0
     assert "recurrent-internal" in capsys.readouterr().out
+
+
+def test_compare_and_ptq_auto_run_on_a_recurrent_model():
+    """The layer-by-layer comparison and the automatic PTQ pipeline take LSTM layers as they are."""
+    from hwsim.compare import compare
+    from quantizer.ptq import run_ptq, sqnr_score
+
+    torch.manual_seed(8)
+    net = Seq("LSTM", layers=2).eval()
+    x = torch.randn(48, 6, 6)
+    sim = _sim(net, "dsp-int8", x)
+    rep = compare(sim, x.numpy(), np.zeros(48, np.int64), progress=False)
+    assert rep["exact_vs_integer"]["identical_fraction"] == 1.0
+    assert {"rnn_l0", "rnn"} <= {layer["name"] for layer in rep["layers"]}
+    assert all(layer["sqnr_integer_db"] > 20 for layer in rep["layers"])
+    res = run_ptq(sim, [x[:32]], "auto", sqnr_score(x[32:]), progress=False)
+    assert res["decisions"]
+    rep = compare(sim, x.numpy(), None, progress=False)
+    assert rep["exact_vs_integer"]["identical_fraction"] == 1.0
