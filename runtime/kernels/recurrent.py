@@ -43,7 +43,7 @@ from numba import prange
 
 from ..errors import HwsimError
 from ..fixedpoint import mbqm_int64_scalar, mbqm_scalar, rdbpot_scalar, wrap32_scalar
-from ..numba_config import jit
+from ..numba_config import jit, threads_for
 from ..recurrent import GruQuantParams, LstmQuantParams
 
 __all__ = ["logistic_int16", "tanh_int16", "lstm_int", "gru_int",
@@ -248,82 +248,195 @@ def _clamp16(v):
     return min(max(v, -32768), 32767)
 
 
+# The gate FCs are exact integer sums computed by BLAS in floating point: every product and partial
+# sum of ``bias-free raw x (or h) @ W^T`` is an integer below ``K * max|x| * max|W|``, so float32 holds it
+# exactly while that bound is below 2^24 and float64 below 2^53 (checked per call; the summation order
+# cannot matter when every partial sum is exact). The folded bias is added in int64 afterwards.
+# sigmoid/tanh are read from 65536-entry tables built from the scalar gemmlowp functions above (so equal
+# to them by construction), one table per (function, integer bits).
+_TABLES: dict = {}
+# threads: a step of N rows x H cells runs in parallel (Numba and BLAS) only when N * H * _STEP_ELEMENTS
+# reaches runtime.numba_config.PARALLEL_MIN_ELEMENTS (N * H >= 8192): smaller steps lose more to
+# starting the parallel region on a shared 2-core machine than they gain
+_STEP_ELEMENTS = 64
+
+
+def _table(which: int, integer_bits: int) -> np.ndarray:
+    key = (which, int(integer_bits))
+    t = _TABLES.get(key)
+    if t is None:
+        t = np.empty(65536, np.int16)
+        _apply16(np.arange(-32768, 32768, dtype=np.int16), np.int64(integer_bits), which, t)
+        _TABLES[key] = t
+    return t
+
+
+def _fc_dtype(k: int, vmax: int, wmax: int):
+    bound = k * vmax * wmax
+    return np.float32 if bound < (1 << 24) else np.float64
+
+
+def _transposed(w: np.ndarray, dtype) -> np.ndarray:
+    """[G, H, K] int weights -> [K, G*H] in ``dtype`` (the right operand of ``v @ W^T``)."""
+    g, h, k = w.shape
+    return np.ascontiguousarray(w.reshape(g * h, k).T.astype(dtype))
+
+
+def _vmax(dtype) -> int:
+    info = np.iinfo(np.dtype(dtype))
+    return max(abs(int(info.min)), abs(int(info.max)))
+
+
 @jit
-def _gate_fc(vec, w, bias, g, j):
-    """bias[g, j] + sum_k vec[k] * w[g, j, k] (raw 8- or 16-bit values, int64 sum)."""
-    acc = np.int64(bias[g, j])
-    for k in range(vec.shape[0]):
-        acc += np.int64(vec[k]) * np.int64(w[g, j, k])
-    return acc
+def _lstm_cell(axr, ahr, n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, tnhc, c, m_hid, e_hid, zp_h, h_lo, h_hi,
+               cell_shift, clip, mode):
+    """Cell j of row n: gates from the raw FC sums ``axr[g*H + j]``, ``ahr[g*H + j]`` (row n's); updates
+    ``c[n, j]`` and returns h."""
+    i_g = 0
+    o_g = 0
+    f_g = 0
+    c_g = 0
+    for g in range(4):
+        col = g * hid + j
+        a = _clamp16(_mbqm(np.int64(axr[col]) + bx[g, j], mx[g, j], ex[g, j], mode))
+        z = _clamp16(wrap32_scalar(_mbqm(np.int64(ahr[col]) + bh[g, j], mh[g, j], eh[g, j], mode) + a))
+        if g == 0:
+            i_g = np.int64(sig[z + 32768])
+        elif g == 1:
+            o_g = np.int64(sig[z + 32768])
+        elif g == 2:
+            f_g = np.int64(sig[z + 32768])
+        else:
+            c_g = np.int64(tnh3[z + 32768])
+    fc = wrap16_scalar(rdbpot_scalar(f_g * c[n, j], 15))
+    ig = wrap16_scalar(rdbpot_scalar(i_g * c_g, cell_shift))
+    cj = _clamp16(fc + ig)
+    if clip > 0:
+        cj = min(max(cj, -clip), clip)
+    c[n, j] = cj
+    v = _mbqm(o_g * np.int64(tnhc[cj + 32768]), m_hid, e_hid, mode) + zp_h
+    return min(max(v, h_lo), h_hi)
 
 
 @jit(parallel=True)
-def _lstm_kernel(x, h0, c0, wx, wh, bx, bh, mx, ex, mh, eh, m_hid, e_hid, zp_h, h_lo, h_hi, cell_shift, tanh_bits,
-                 clip, mode, y, h_out, c_out):
-    steps, batch, _ = x.shape
-    hid = wx.shape[1]
+def _lstm_step(ax, ah, bx, bh, mx, ex, mh, eh, sig, tnh3, tnhc, c, m_hid, e_hid, zp_h, h_lo, h_hi, cell_shift,
+               clip, mode, h, y_t):
+    """One LSTM step for every row: ``ax``/``ah`` [N, 4H] the raw input/recurrent FC sums (exact
+    integers in float), ``c`` [N, H] int64 updated in place, ``h`` [N, H] and ``y_t`` written."""
+    batch, hid = c.shape
     for n in prange(batch):
-        h = np.empty(hid, np.int64)
-        c = np.empty(hid, np.int64)
         for j in range(hid):
-            h[j] = h0[n, j]
-            c[j] = c0[n, j]
-        gates = np.empty((4, hid), np.int64)
-        for t in range(steps):
-            xt = x[t, n]
-            for g in range(4):
-                for j in range(hid):
-                    a = _clamp16(_mbqm(_gate_fc(xt, wx, bx, g, j), mx[g, j], ex[g, j], mode))
-                    z = _clamp16(wrap32_scalar(_mbqm(_gate_fc(h, wh, bh, g, j), mh[g, j], eh[g, j], mode) + a))
-                    if g == 3:
-                        gates[g, j] = tanh_int16_scalar(z, 3)
-                    else:
-                        gates[g, j] = logistic_int16_scalar(z, 3)
-            for j in range(hid):
-                fc = wrap16_scalar(rdbpot_scalar(gates[2, j] * c[j], 15))
-                ig = wrap16_scalar(rdbpot_scalar(gates[0, j] * gates[3, j], cell_shift))
-                cj = _clamp16(fc + ig)
-                if clip > 0:
-                    cj = min(max(cj, -clip), clip)
-                c[j] = cj
-            for j in range(hid):
-                v = _mbqm(gates[1, j] * tanh_int16_scalar(c[j], tanh_bits), m_hid, e_hid, mode) + zp_h
-                h[j] = min(max(v, h_lo), h_hi)
-                y[t, n, j] = h[j]
-        for j in range(hid):
-            h_out[n, j] = h[j]
-            c_out[n, j] = c[j]
+            hv = _lstm_cell(ax[n], ah[n], n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, tnhc, c, m_hid, e_hid, zp_h,
+                            h_lo, h_hi, cell_shift, clip, mode)
+            h[n, j] = hv
+            y_t[n, j] = hv
+
+
+@jit
+def _recurrent_fc(h, whi, n, acc):
+    """acc[0, r] = sum_k h[n, k] * whi[r, k] (int32 lanes: the caller bounds |sum| < 2^31)."""
+    rows, hid = whi.shape
+    for r in range(rows):
+        sm = np.int32(0)
+        for k in range(hid):
+            sm += np.int32(h[n, k]) * np.int32(whi[r, k])
+        acc[0, r] = sm
 
 
 @jit(parallel=True)
-def _gru_kernel(x, h0, wx, wh, bx, bh, mx, ex, mh, eh, m_in, e_in, m_out, e_out, zp_h, h_lo, h_hi, mode, y, h_out):
-    steps, batch, _ = x.shape
-    hid = wx.shape[1]
+def _lstm_seq(ax, whi, bx, bh, mx, ex, mh, eh, sig, tnh3, tnhc, c, m_hid, e_hid, zp_h, h_lo, h_hi, cell_shift,
+              clip, mode, h, y):
+    """The whole sequence with the recurrent FC in integer loops (small batches: no per-step calls)."""
+    steps, batch, _ = ax.shape
+    hid = c.shape[1]
     for n in prange(batch):
-        h = np.empty(hid, np.int64)
-        s = np.empty(hid, np.int64)
-        for j in range(hid):
-            h[j] = h0[n, j]
-            s[j] = _clamp16(_mbqm(h[j] - zp_h, m_in, e_in, mode))
-        a = np.empty((3, hid), np.int64)
-        u = np.empty((3, hid), np.int64)
+        acc = np.empty((1, whi.shape[0]), np.int32)
         for t in range(steps):
-            xt = x[t, n]
-            for g in range(3):
-                for j in range(hid):
-                    a[g, j] = _clamp16(_mbqm(_gate_fc(xt, wx, bx, g, j), mx[g, j], ex[g, j], mode))
-                    u[g, j] = _clamp16(_mbqm(_gate_fc(h, wh, bh, g, j), mh[g, j], eh[g, j], mode))
+            _recurrent_fc(h, whi, n, acc)
+            axt = ax[t]
             for j in range(hid):
-                zg = logistic_int16_scalar(_clamp16(a[0, j] + u[0, j]), 3)
-                rg = logistic_int16_scalar(_clamp16(a[1, j] + u[1, j]), 3)
-                ng = tanh_int16_scalar(_clamp16(a[2, j] + rdbpot_scalar(rg * u[2, j], 15)), 3)
-                s[j] = _clamp16(ng + rdbpot_scalar(zg * (s[j] - ng), 15))
-            for j in range(hid):
-                v = _mbqm(s[j], m_out, e_out, mode) + zp_h
-                h[j] = min(max(v, h_lo), h_hi)
-                y[t, n, j] = h[j]
+                h_new = _lstm_cell(axt[n], acc[0], n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, tnhc, c, m_hid, e_hid,
+                                   zp_h, h_lo, h_hi, cell_shift, clip, mode)
+                y[t, n, j] = h_new
+            for j in range(hid):  # h of this step feeds the next only after every cell read the old one
+                h[n, j] = y[t, n, j]
+
+
+@jit
+def _gru_cell(axr, ahr, n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out, zp_h, h_lo, h_hi, mode):
+    a_z = _clamp16(_mbqm(np.int64(axr[j]) + bx[0, j], mx[0, j], ex[0, j], mode))
+    a_r = _clamp16(_mbqm(np.int64(axr[hid + j]) + bx[1, j], mx[1, j], ex[1, j], mode))
+    a_n = _clamp16(_mbqm(np.int64(axr[2 * hid + j]) + bx[2, j], mx[2, j], ex[2, j], mode))
+    u_z = _clamp16(_mbqm(np.int64(ahr[j]) + bh[0, j], mh[0, j], eh[0, j], mode))
+    u_r = _clamp16(_mbqm(np.int64(ahr[hid + j]) + bh[1, j], mh[1, j], eh[1, j], mode))
+    u_n = _clamp16(_mbqm(np.int64(ahr[2 * hid + j]) + bh[2, j], mh[2, j], eh[2, j], mode))
+    zg = np.int64(sig[_clamp16(a_z + u_z) + 32768])
+    rg = np.int64(sig[_clamp16(a_r + u_r) + 32768])
+    ng = np.int64(tnh3[_clamp16(a_n + rdbpot_scalar(rg * u_n, 15)) + 32768])
+    sj = _clamp16(ng + rdbpot_scalar(zg * (s[n, j] - ng), 15))
+    s[n, j] = sj
+    v = _mbqm(sj, m_out, e_out, mode) + zp_h
+    return min(max(v, h_lo), h_hi)
+
+
+@jit(parallel=True)
+def _gru_step(ax, ah, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out, zp_h, h_lo, h_hi, mode, h, y_t):
+    """One GRU step for every row (gates z, r, n); ``s`` [N, H] the Q0.15 state, updated in place."""
+    batch, hid = s.shape
+    for n in prange(batch):
         for j in range(hid):
-            h_out[n, j] = h[j]
+            hv = _gru_cell(ax[n], ah[n], n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out, zp_h, h_lo, h_hi,
+                           mode)
+            h[n, j] = hv
+            y_t[n, j] = hv
+
+
+@jit(parallel=True)
+def _gru_seq(ax, whi, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out, zp_h, h_lo, h_hi, mode, h, y):
+    steps, batch, _ = ax.shape
+    hid = s.shape[1]
+    for n in prange(batch):
+        acc = np.empty((1, whi.shape[0]), np.int32)
+        for t in range(steps):
+            _recurrent_fc(h, whi, n, acc)
+            axt = ax[t]
+            for j in range(hid):
+                y[t, n, j] = _gru_cell(axt[n], acc[0], n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out,
+                                       zp_h, h_lo, h_hi, mode)
+            for j in range(hid):
+                h[n, j] = y[t, n, j]
+
+
+@jit
+def _gru_state_in(h0, m_in, e_in, zp_h, mode, s):
+    for n in range(h0.shape[0]):
+        for j in range(h0.shape[1]):
+            s[n, j] = _clamp16(_mbqm(np.int64(h0[n, j]) - zp_h, m_in, e_in, mode))
+
+
+_SEQ_MAX_BATCH = 2  # up to this many rows: the sequence kernel (recurrent FC in integer loops)
+
+
+def _int32_recurrent(params, h_dtype):
+    """The recurrent weights as int32 [G*H, H] when every recurrent sum fits int32, else None."""
+    wh = params.recurrent_weights
+    g, hid, k = wh.shape
+    wmax = int(np.abs(wh.astype(np.int64)).max()) if wh.size else 0
+    if k * _vmax(h_dtype) * wmax >= (1 << 31):
+        return None
+    return np.ascontiguousarray(wh.reshape(g * hid, k).astype(np.int32))
+
+
+def _fc_operands(x, h_dtype, params):
+    """(raw input FC sums for every step [T, N, G*H], recurrent weights [H, G*H], dtype of the recurrent FC)."""
+    wx, wh = params.input_weights, params.recurrent_weights
+    wmax_x = int(np.abs(wx.astype(np.int64)).max()) if wx.size else 0
+    wmax_h = int(np.abs(wh.astype(np.int64)).max()) if wh.size else 0
+    dx = _fc_dtype(wx.shape[2], _vmax(x.dtype), wmax_x)
+    dh = _fc_dtype(wh.shape[2], _vmax(h_dtype), wmax_h)
+    steps, batch, n_in = x.shape
+    ax = (x.reshape(steps * batch, n_in).astype(dx) @ _transposed(wx, dx)).reshape(steps, batch, -1)
+    return ax, _transposed(wh, dh), dh
 
 
 def _check_state(fn: str, name: str, arr, shape: tuple, dtype) -> np.ndarray:
@@ -373,15 +486,30 @@ def lstm_int(x_q, h0, c0, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c0 = np.zeros((batch, hid), np.int16) if c0 is None else _check_state("lstm_int", "c0", c0, (batch, hid), np.int16)
     h_dtype = np.dtype(params.hidden_dtype)
     y = np.empty((x.shape[0], batch, hid), h_dtype)
-    h_out = np.empty((batch, hid), h_dtype)
-    c_out = np.empty((batch, hid), np.int16)
     p = params.cell_scale_log2
-    _lstm_kernel(x, h0, c0, params.input_weights, params.recurrent_weights,
-                 params.input_bias_folded, params.recurrent_bias_folded,
-                 params.input_multipliers, params.input_shifts, params.recurrent_multipliers, params.recurrent_shifts,
-                 np.int64(params.hidden_multiplier), np.int64(params.hidden_shift), np.int64(params.hidden_zero_point),
-                 np.int64(params.hidden_qmin), np.int64(params.hidden_qmax), np.int64(30 + p), np.int64(15 + p),
-                 np.int64(params.cell_clip), np.int64(_MODES[params.rounding]), y, h_out, c_out)
+    mode = np.int64(_MODES[params.rounding])
+    ax, wht, dh = _fc_operands(x, h_dtype, params)
+    sig, tnh3, tnhc = _table(0, 3), _table(1, 3), _table(1, 15 + p)
+    h = np.array(h0, h_dtype)
+    c = c0.astype(np.int64)
+    whi = _int32_recurrent(params, h_dtype)
+    if batch <= _SEQ_MAX_BATCH and whi is not None:  # the whole sequence in one call: no per-step overheads
+        with threads_for(0):
+            _lstm_seq(ax, whi, params.input_bias_folded, params.recurrent_bias_folded, params.input_multipliers,
+                      params.input_shifts, params.recurrent_multipliers, params.recurrent_shifts, sig, tnh3, tnhc,
+                      c, np.int64(params.hidden_multiplier), np.int64(params.hidden_shift),
+                      np.int64(params.hidden_zero_point), np.int64(params.hidden_qmin), np.int64(params.hidden_qmax),
+                      np.int64(30 + p), np.int64(params.cell_clip), mode, h, y)
+        return y, h, c.astype(np.int16)
+    with threads_for(batch * hid * _STEP_ELEMENTS):  # per-step work is small: one thread unless the batch is big
+        for t in range(x.shape[0]):
+            ah = h.astype(dh) @ wht
+            _lstm_step(ax[t], ah, params.input_bias_folded, params.recurrent_bias_folded,
+                       params.input_multipliers, params.input_shifts, params.recurrent_multipliers,
+                       params.recurrent_shifts, sig, tnh3, tnhc, c, np.int64(params.hidden_multiplier),
+                       np.int64(params.hidden_shift), np.int64(params.hidden_zero_point), np.int64(params.hidden_qmin),
+                       np.int64(params.hidden_qmax), np.int64(30 + p), np.int64(params.cell_clip), mode, h, y[t])
+    h_out, c_out = h, c.astype(np.int16)
     return y, h_out, c_out
 
 
@@ -404,12 +532,29 @@ def gru_int(x_q, h0, params) -> tuple[np.ndarray, np.ndarray]:
     h0 = _initial_h("gru_int", h0, params, batch)
     h_dtype = np.dtype(params.hidden_dtype)
     y = np.empty((x.shape[0], batch, hid), h_dtype)
-    h_out = np.empty((batch, hid), h_dtype)
-    _gru_kernel(x, h0, params.input_weights, params.recurrent_weights,
-                params.input_bias_folded, params.recurrent_bias_folded,
-                params.input_multipliers, params.input_shifts, params.recurrent_multipliers, params.recurrent_shifts,
-                np.int64(params.state_in_multiplier), np.int64(params.state_in_shift),
-                np.int64(params.state_out_multiplier), np.int64(params.state_out_shift),
-                np.int64(params.hidden_zero_point), np.int64(params.hidden_qmin), np.int64(params.hidden_qmax),
-                np.int64(_MODES[params.rounding]), y, h_out)
+    mode = np.int64(_MODES[params.rounding])
+    ax, wht, dh = _fc_operands(x, h_dtype, params)
+    sig, tnh3 = _table(0, 3), _table(1, 3)
+    h = np.array(h0, h_dtype)
+    s = np.empty((batch, hid), np.int64)
+    _gru_state_in(h, np.int64(params.state_in_multiplier), np.int64(params.state_in_shift),
+                  np.int64(params.hidden_zero_point), mode, s)
+    whi = _int32_recurrent(params, h_dtype)
+    if batch <= _SEQ_MAX_BATCH and whi is not None:
+        with threads_for(0):
+            _gru_seq(ax, whi, params.input_bias_folded, params.recurrent_bias_folded, params.input_multipliers,
+                     params.input_shifts, params.recurrent_multipliers, params.recurrent_shifts, sig, tnh3, s,
+                     np.int64(params.state_out_multiplier), np.int64(params.state_out_shift),
+                     np.int64(params.hidden_zero_point), np.int64(params.hidden_qmin), np.int64(params.hidden_qmax),
+                     mode, h, y)
+        return y, h
+    with threads_for(batch * hid * _STEP_ELEMENTS):
+        for t in range(x.shape[0]):
+            ah = h.astype(dh) @ wht
+            _gru_step(ax[t], ah, params.input_bias_folded, params.recurrent_bias_folded,
+                      params.input_multipliers, params.input_shifts, params.recurrent_multipliers,
+                      params.recurrent_shifts, sig, tnh3, s, np.int64(params.state_out_multiplier),
+                      np.int64(params.state_out_shift), np.int64(params.hidden_zero_point),
+                      np.int64(params.hidden_qmin), np.int64(params.hidden_qmax), mode, h, y[t])
+    h_out = h
     return y, h_out
