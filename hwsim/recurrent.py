@@ -447,8 +447,9 @@ def export_node(b, sim, g, x: str, init: list[str], out: str, qdq: bool) -> str:
             halves.append(np.stack([_onnx_rows(v.reshape(-1).cpu().numpy().astype(np.int64), kind, hid) for v in qv]))
             scales.append(_onnx_rows(np.asarray(q.encoding.scale, np.float32).reshape(-1), kind, hid))
         bint = np.concatenate(halves, 1)
-        benc = _bias32(Encoding(np.concatenate(scales), np.zeros(2 * rows, np.int64), sim.bias_q[f"{k}__b_ih"].encoding.dtype,
-                                PerAxis(1), symmetric=True), bint, bname)
+        bdt = sim.bias_q[f"{k}__b_ih"].encoding.dtype
+        benc = _bias32(Encoding(np.concatenate(scales), np.zeros(2 * rows, np.int64), bdt, PerAxis(1), symmetric=True),
+                       bint, bname)
         bi = b.init(bname + "_int", bint.astype(np.int32))
         sn, zn, attrs = b.qparams(bname, benc)
         b.node("DequantizeLinear", [bi, sn, zn], [bname], bname + "_dequantize", **attrs)

@@ -92,7 +92,44 @@ INT64_MBQM_MAX_SHIFT = 7  # the int64 MBQM needs -31 <= e < 8
 
 
 @dataclass(frozen=True, eq=False)
-class LstmQuantParams:
+class _RecurrentParams:
+    """The fields LSTM and GRU parameters share: encodings, integer weights and biases, FC multipliers."""
+
+    input_scale: float
+    input_zero_point: int
+    input_dtype: str
+    hidden_scale: float
+    hidden_zero_point: int
+    hidden_dtype: str
+    hidden_qmin: int
+    hidden_qmax: int
+    input_weights: np.ndarray
+    recurrent_weights: np.ndarray
+    bias: np.ndarray
+    recurrent_bias: np.ndarray
+    input_bias_folded: np.ndarray
+    recurrent_bias_folded: np.ndarray
+    input_multipliers: np.ndarray
+    input_shifts: np.ndarray
+    recurrent_multipliers: np.ndarray
+    recurrent_shifts: np.ndarray
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.input_weights.shape[1])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.input_weights.shape[2])
+
+    @property
+    def variant(self) -> str:
+        """``"8x8_16"`` (8-bit activations) or ``"16x8_16"`` (16-bit activations, rounding ``"int64"``)."""
+        return "16x8_16" if self.rounding == "int64" else "8x8_16"
+
+
+@dataclass(frozen=True, eq=False)
+class LstmQuantParams(_RecurrentParams):
     """Everything the integer LSTM kernel needs; built by :func:`prepare_lstm` (do not fill by hand).
 
     Shapes: ``H`` cells, ``I`` input features; gates stacked ``i, o, f, c`` on axis 0.
@@ -116,24 +153,6 @@ class LstmQuantParams:
       FCs and of the hidden rescale.
     """
 
-    input_scale: float
-    input_zero_point: int
-    input_dtype: str
-    hidden_scale: float
-    hidden_zero_point: int
-    hidden_dtype: str
-    hidden_qmin: int
-    hidden_qmax: int
-    input_weights: np.ndarray
-    recurrent_weights: np.ndarray
-    bias: np.ndarray
-    recurrent_bias: np.ndarray
-    input_bias_folded: np.ndarray
-    recurrent_bias_folded: np.ndarray
-    input_multipliers: np.ndarray
-    input_shifts: np.ndarray
-    recurrent_multipliers: np.ndarray
-    recurrent_shifts: np.ndarray
     hidden_multiplier: int
     hidden_shift: int
     cell_scale_log2: int
@@ -141,25 +160,13 @@ class LstmQuantParams:
     rounding: str
 
     @property
-    def hidden_size(self) -> int:
-        return int(self.input_weights.shape[1])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.input_weights.shape[2])
-
-    @property
     def cell_scale(self) -> float:
         return 2.0 ** self.cell_scale_log2
 
-    @property
-    def variant(self) -> str:
-        """``"8x8_16"`` (8-bit activations) or ``"16x8_16"`` (16-bit activations, rounding ``"int64"``)."""
-        return "16x8_16" if self.rounding == "int64" else "8x8_16"
 
 
 @dataclass(frozen=True, eq=False)
-class GruQuantParams:
+class GruQuantParams(_RecurrentParams):
     """Everything the integer GRU kernel needs; built by :func:`prepare_gru` (do not fill by hand).
 
     Shapes: ``H`` cells, ``I`` input features; gates stacked ``z, r, n`` on axis 0. The fields shared
@@ -172,24 +179,6 @@ class GruQuantParams:
     - ``linear_before_reset``: always True (``r * (Wh_n h + rb_n)``, PyTorch's and ONNX's lbr = 1).
     """
 
-    input_scale: float
-    input_zero_point: int
-    input_dtype: str
-    hidden_scale: float
-    hidden_zero_point: int
-    hidden_dtype: str
-    hidden_qmin: int
-    hidden_qmax: int
-    input_weights: np.ndarray
-    recurrent_weights: np.ndarray
-    bias: np.ndarray
-    recurrent_bias: np.ndarray
-    input_bias_folded: np.ndarray
-    recurrent_bias_folded: np.ndarray
-    input_multipliers: np.ndarray
-    input_shifts: np.ndarray
-    recurrent_multipliers: np.ndarray
-    recurrent_shifts: np.ndarray
     state_in_multiplier: int
     state_in_shift: int
     state_out_multiplier: int
@@ -197,18 +186,6 @@ class GruQuantParams:
     rounding: str
     linear_before_reset: bool = True
 
-    @property
-    def hidden_size(self) -> int:
-        return int(self.input_weights.shape[1])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.input_weights.shape[2])
-
-    @property
-    def variant(self) -> str:
-        """``"8x8_16"`` (8-bit activations) or ``"16x8_16"`` (16-bit activations, rounding ``"int64"``)."""
-        return "16x8_16" if self.rounding == "int64" else "8x8_16"
 
 
 # ---------------------------------------------------------------------------------------------

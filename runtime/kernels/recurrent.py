@@ -385,8 +385,8 @@ def _gru_step(ax, ah, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out, zp_h, 
     batch, hid = s.shape
     for n in prange(batch):
         for j in range(hid):
-            hv = _gru_cell(ax[n], ah[n], n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out, zp_h, h_lo, h_hi,
-                           mode)
+            hv = _gru_cell(ax[n], ah[n], n, j, hid, bx, bh, mx, ex, mh, eh, sig, tnh3, s, m_out, e_out, zp_h, h_lo,
+                           h_hi, mode)
             h[n, j] = hv
             y_t[n, j] = hv
 
