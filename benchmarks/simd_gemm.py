@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from benchmarks.runtime_vs_ort import best_of  # noqa: E402
 from runtime.kernels import simd  # noqa: E402
 from runtime.kernels.mac import gemm_raw  # noqa: E402
 from runtime.target import cpu_flags, load_target  # noqa: E402
@@ -46,16 +46,6 @@ SHAPES = (
     ("ShuffleNet 116x116 1x1, b32", 32 * 28 * 28, 116, 116),
     ("first conv K=27 N=24, b32", 32 * 112 * 112, 27, 24),
 )
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def ort_matmul_integer(b: np.ndarray, m: int):

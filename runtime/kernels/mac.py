@@ -58,6 +58,18 @@ bit; tests/runtime/test_mac_fastpaths.py forces each one):
   float64 copy) straight to the float32-lane epilogue of :mod:`runtime.kernels.epilogue`, which adds
   the bias and writes the output type; the int32 accumulators are never stored. It applies when the
   bound proves |acc| < 2^31 (no accumulator policy can act) and returns None otherwise.
+- **AVX2 integer GEMM** (:mod:`runtime.kernels.simd`, only when ``simd.available()``): on operands
+  prepared at plan time (:meth:`ConvWeights.prepare` packs the raw weights [M, (kh, kw, c)];
+  :func:`matmul_acc` takes a packed constant B) a group-1 conv with several input channels or a
+  MatMul on u8 (or s8) raw values computes the raw sums S in int32 directly -- ``vpmaddubsw`` is
+  ONNX Runtime's pair saturation itself, and exact whenever no pair can leave int16 --, over a raw
+  NHWC im2col (:func:`_rows_nhwc`, zx at padded taps, pairs in ``hwc`` order), and adds the zero
+  points by the expansion acc = S + (bias - zx*sum w + K*zx*zw) - zw*R, R the im2col's row sums (a
+  ones row of the packed weights when some zw is not 0). The kernels prove K*max|a|*max|w| < 2^31;
+  the fused epilogue adds the constant in wrapping int32 (exact: the final sum lies in int32), the
+  general path in int64. Depthwise and grouped convs, other reduction orders with pair saturation,
+  wider operands and one-shot calls (:func:`conv_acc`, :func:`gemm_raw`, unprepared weights) take
+  the paths above: the flag/correction passes and BLAS are not needed on this path.
 - Numba details that matter for speed: int32 (not Numba's default int64) arithmetic in the pair
   kernels, loops counting from 0 and unsigned computed indices (a signed computed index costs a
   negative-index test per element and blocks vectorization).
@@ -71,6 +83,7 @@ from numba import prange
 
 from ..errors import HwsimError, OverflowPolicyError
 from ..numba_config import jit
+from . import simd
 from .epilogue import Float32Epilogue, requantize_gemm, requantize_int32
 
 F32_EXACT = 1 << 24  # every integer of magnitude <= 2^24 is a float32
@@ -580,6 +593,98 @@ def _center_cols(src, zp, narrow, out):
 
 
 @jit(parallel=True)
+def _rows_nhwc(x, zx, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, k_dim, out):
+    """The raw NHWC im2col of an NCHW input, read in place (out flat, K = kh*kw*C):
+    out[((n*oh + y)*ow + xx)*K + (i*kw + j)*C + c] = x[n, c, y*sh - ph + i*dh, xx*sw - pw + j*dw], the
+    raw zero point zx (x's dtype) at padded taps. Rows are pixels, the reduction index (kh, kw, c) with
+    c fastest (ONNX Runtime's order, ``hwc``): the left operand of :mod:`runtime.kernels.simd`. For a
+    1x1 stride-1 kernel it is the transpose [N*H*W, C]. One work item per output row. With 8 or more
+    channels each pixel's channels are gathered (reads H*W apart, contiguous writes: 6x faster than
+    scattering on a 116-channel layer); with fewer each channel's row is copied into its strided
+    places (the first conv's 3 channels: 1.4x faster than gathering). Unsigned indices (no
+    negative-index test per element)."""
+    n_dim, c_dim, h, w = x.shape
+    hw = h * w
+    xf = x.reshape(-1)
+    kk = np.uint64(k_dim)
+    for ny in prange(n_dim * oh):
+        n = ny // oh
+        y = ny % oh
+        row0 = np.uint64(ny * ow) * kk
+        for i in range(kh):
+            iy = y * sh - ph + i * dh
+            for j in range(kw):
+                off = j * dw - pw
+                x_lo = min(ow, max(0, (sw - 1 - off) // sw))  # first xx with xx*sw + off >= 0
+                x_hi = max(x_lo, min(ow, (w - 1 - off) // sw + 1))  # one past the last with xx*sw + off < w
+                if iy < 0 or iy >= h:
+                    x_lo = x_hi = ow
+                col0 = np.uint64((i * kw + j) * c_dim)
+                for xx in range(x_lo):
+                    for c in range(c_dim):
+                        out[row0 + np.uint64(xx) * kk + col0 + np.uint64(c)] = zx
+                for xx in range(x_hi, ow):
+                    for c in range(c_dim):
+                        out[row0 + np.uint64(xx) * kk + col0 + np.uint64(c)] = zx
+                if x_hi <= x_lo:
+                    continue
+                if c_dim >= 8:
+                    for xx in range(x_lo, x_hi):
+                        d0 = row0 + np.uint64(xx) * kk + col0
+                        s0 = np.uint64(n * c_dim * hw + iy * w + xx * sw + off)
+                        for c in range(np.uint64(c_dim)):
+                            out[d0 + c] = xf[s0 + c * np.uint64(hw)]
+                    continue
+                s0 = np.uint64(x_lo * sw + off)
+                step = np.uint64(sw)
+                for c in range(c_dim):
+                    src = x[n, c, iy]
+                    d0 = row0 + np.uint64(x_lo) * kk + col0 + np.uint64(c)
+                    for t in range(np.uint64(x_hi - x_lo)):
+                        out[d0 + t * kk] = src[s0 + t * step]
+
+
+@jit(parallel=True)
+def _store_expanded(res, const, zw, out3):
+    """out3[n, m, p] = res[m, n*P + p] + const[m] - zw[m] * res[M, n*P + p] in int64, then out3's type
+    (the caller's bound), res [M (+1), N*P] int32 being the raw sums of :mod:`runtime.kernels.simd`
+    (row M: the row sums of A, present when zw is not all 0)."""
+    n_dim, m_dim, n_pix = out3.shape
+    rs = res.shape[0] > m_dim
+    for nm in prange(n_dim * m_dim):
+        n = nm // m_dim
+        m = nm % m_dim
+        c = const[m]
+        z = zw[m]
+        src = res[m, n * n_pix:(n + 1) * n_pix]
+        dst = out3[n, m]
+        if rs and z != 0:
+            asum = res[m_dim, n * n_pix:(n + 1) * n_pix]
+            for p in range(n_pix):
+                dst[p] = np.int64(src[p]) + c - z * np.int64(asum[p])
+        else:
+            for p in range(n_pix):
+                dst[p] = np.int64(src[p]) + c
+
+
+@jit(parallel=True)
+def _sub_row_sums(res, zw):
+    """res[m, q] -= zw[m] * res[M, q] for m < M = len(zw), in two's-complement int32 (wrapping: the
+    caller adds the rest of the sum in int32 too and proves the final value within int32, so every
+    wrap cancels)."""
+    m_dim = zw.shape[0]
+    n_q = res.shape[1]
+    asum = res[m_dim]
+    for m in prange(m_dim):
+        z = np.int32(zw[m])
+        if z == 0:
+            continue
+        row = res[m]
+        for q in range(n_q):
+            row[q] = np.int32(row[q] - z * asum[q])
+
+
+@jit(parallel=True)
 def _count_outside(acc, lo, hi):
     """Number of elements of the flat int64 array outside [lo, hi]."""
     total = 0
@@ -716,6 +821,88 @@ def _pair_direct(t: _Pairs, a3, za: int, zb, bias, wk, out3):
 
 
 # ---------------------------------------------------------------------------------------------
+# the AVX2 integer GEMM (runtime/kernels/simd.py)
+# ---------------------------------------------------------------------------------------------
+def _simd_mode(a_lo: int, a_hi: int, b_lo: int, b_hi: int, k: int, pair_saturation: bool):
+    """(kernel, A dtype) for raw sums of A values in [a_lo, a_hi] by B values in [b_lo, b_hi] on
+    :mod:`runtime.kernels.simd`, or None (the CPU has no AVX2, or the operands do not fit): "pair"
+    (``vpmaddubsw``: u8 x s8, ONNX Runtime's pair saturation, or exact whenever no pair can leave
+    int16: 2*max|a|*max|b| <= 32767, its faster kernel then) or "exact" (u8/s8 x int16-range B),
+    with every int32 accumulator proven not to wrap (K*max|a|*max|b| < 2^31, max|a| from A's dtype)."""
+    if not simd.available() or k == 0:
+        return None
+    if 0 <= a_lo and a_hi <= 255:
+        a_dtype, amax = np.uint8, 255
+    elif -128 <= a_lo and a_hi <= 127:
+        a_dtype, amax = np.int8, 128
+    else:
+        return None
+    bmax = max(-b_lo, b_hi, 0)
+    can_saturate = 2 * max(-a_lo, a_hi, 0) * bmax > I16_MAX
+    if a_dtype is np.uint8 and -128 <= b_lo and b_hi <= 127 and (pair_saturation or not can_saturate):
+        return ("pair", a_dtype) if k * 255 * bmax < simd.INT32_LIMIT else None
+    if pair_saturation and can_saturate:  # pair saturation of other operand types: not the kernel's
+        return None
+    if -32768 <= b_lo and b_hi <= 32767 and k * amax * bmax < simd.INT32_LIMIT:
+        return "exact", a_dtype
+    return None
+
+
+def _simd_gemm(a, packed, kernel: str, transpose: bool = False):
+    """The raw sums of A [rows, K] (uint8/int8) by the packed B, int32 (see :func:`_simd_mode`)."""
+    if kernel == "pair":
+        return simd.gemm_u8s8(a, packed, pair_saturation=True, transpose=transpose)
+    return simd.gemm_exact(a, packed, transpose=transpose)
+
+
+def _wrap32(v) -> np.ndarray:
+    """Two's-complement int32 of int64 values (their residue mod 2^32)."""
+    return np.asarray(v, np.int64).astype(np.uint32).view(np.int32)
+
+
+def _conv_simd_mode(x_lo, x_hi, zx, cw: "ConvWeights", pair_saturation: bool, plan: bool = False):
+    """:func:`_simd_mode` of a convolution (padded taps hold zx), or None: weights not prepared for it
+    (:meth:`ConvWeights.prepare`, unless ``plan``), groups of one input channel (depthwise: a direct
+    kernel) or several groups keep their paths, and so do pair-saturated sums in another reduction
+    order than ``hwc`` (the NHWC im2col's)."""
+    m, cg, kh, kw = cw.shape
+    if not (plan or cw.simd) or cw.group != 1 or cg == 1:
+        return None
+    mode = _simd_mode(min(x_lo, zx), max(x_hi, zx), cw.wr_lo, cw.wr_hi, cg * kh * kw, pair_saturation)
+    if mode is not None and mode[0] == "pair" and pair_saturation and cw.pair_order != "hwc" \
+            and 2 * max(-x_lo, x_hi, abs(zx), 0) * cw.wrmax > I16_MAX:
+        return None
+    return mode
+
+
+def _conv_simd_slices(x, zx, cw: "ConvWeights", geom, mode):
+    """Per batch slice (n0, n1, res): res [M (+1), (n1-n0)*P] int32 = the raw sums of a group-1 conv
+    (pair-saturated or exact, :func:`_simd_mode`) over the NHWC im2col (:func:`_rows_nhwc`), rows
+    = output channels (the transposed GEMM result); row M (when some weight zero point is not 0)
+    holds the row sums of the im2col (a ones column of B: 1 x u8 pairs never saturate)."""
+    kernel, a_dtype = mode
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = cw.shape
+    sh, sw, dh, dw, ph, pw, oh, ow = geom
+    k = cg * kh * kw
+    n_pix = oh * ow
+    xs_all = np.ascontiguousarray(x, dtype=a_dtype)
+    packed = cw.simd_packed()
+    for n0, n1 in _batch_slices(n, n_pix * (k + 4 * (m + 1))):
+        rows = np.empty((n1 - n0) * n_pix * k, a_dtype)
+        _rows_nhwc(xs_all[n0:n1], a_dtype(zx), kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, k, rows)
+        yield n0, n1, _simd_gemm(rows.reshape(-1, k), packed, kernel, transpose=True)
+
+
+def _conv_simd_const(cw: "ConvWeights", zx: int, bias64) -> np.ndarray:
+    """const[m] = bias[m] - zx*sum_k w[m, k] + K*zx*zw[m] (int64): with the raw sums S and the im2col
+    row sums R, acc = S + const - zw*R (the zero-point expansion)."""
+    m, cg, kh, kw = cw.shape
+    k = cg * kh * kw
+    return bias64 - np.int64(zx) * cw.raw_sums() + np.int64(k) * np.int64(zx) * cw.zw
+
+
+# ---------------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------------
 def _as_int(x, what):
@@ -737,12 +924,24 @@ def gemm_raw(a2d: np.ndarray, bt2d: np.ndarray, pair_saturation: bool = False) -
     return _matmul_2d(a2d, 0, bt2d.T, np.zeros(bt2d.shape[0], np.int64), pair_saturation)
 
 
-def _matmul_2d(a, za, b, zb, pair):
-    """One [M, K] x [K, N] accumulator matrix (no bias), int64; zb has N entries."""
+def _matmul_2d(a, za, b, zb, pair, packed=None):
+    """One [M, K] x [K, N] accumulator matrix (no bias), int64; zb has N entries; ``packed``: b.T
+    prepared for :mod:`runtime.kernels.simd` (``simd.pack_b``): the AVX2 GEMM then runs whenever the
+    operands fit it (:func:`_simd_mode`)."""
     m, k = a.shape
     n = b.shape[1]
     if m == 0 or n == 0 or k == 0:
         return np.zeros((m, n), np.int64)
+    if packed is not None and simd.available():
+        mode = _simd_mode(int(a.min()), int(a.max()), packed.lo, packed.hi, k, pair)
+        if mode is not None:  # raw sums, then acc = S - za*sum_k b - zb*sum_k a + K*za*zb
+            a8 = np.ascontiguousarray(a, dtype=mode[1])
+            out = _simd_gemm(a8, packed, mode[0]).astype(np.int64)
+            if za:
+                out -= np.int64(za) * b.sum(axis=0, dtype=np.int64)[None, :] - np.int64(k) * np.int64(za) * zb[None, :]
+            if zb.any():
+                out -= a8.sum(axis=1, dtype=np.int64)[:, None] * zb[None, :]
+            return out
     if pair and not _int32_safe(k, _abs_max(a), _abs_max(b)):
         raw = np.empty((m, n), np.int64)
         a64 = np.ascontiguousarray(a, np.int64)
@@ -776,8 +975,10 @@ def _matmul_2d(a, za, b, zb, pair):
     return out
 
 
-def matmul_acc(a, a_zero_point, b, b_zero_point, bias=None, pair_saturation=False) -> np.ndarray:
-    """ONNX MatMul(Integer) accumulators: bias[n] + sum_k (a - za)(b - zb[n]), numpy batch broadcasting."""
+def matmul_acc(a, a_zero_point, b, b_zero_point, bias=None, pair_saturation=False, b_packed=None) -> np.ndarray:
+    """ONNX MatMul(Integer) accumulators: bias[n] + sum_k (a - za)(b - zb[n]), numpy batch broadcasting.
+    ``b_packed``: for a 2-D b, ``simd.pack_b(b.T)`` prepared once by the caller (used when the AVX2
+    GEMM runs)."""
     a = _as_int(a, "A")
     b = _as_int(b, "B")
     if a.ndim < 1 or b.ndim < 1:
@@ -797,7 +998,7 @@ def matmul_acc(a, a_zero_point, b, b_zero_point, bias=None, pair_saturation=Fals
     out = np.empty(batch + (a2.shape[-2], n), np.int64)
     za = int(a_zero_point)
     for idx in np.ndindex(*batch) if batch else [()]:
-        out[idx] = _matmul_2d(ab[idx], za, bb[idx], zb, pair_saturation)
+        out[idx] = _matmul_2d(ab[idx], za, bb[idx], zb, pair_saturation, b_packed if b.ndim == 2 else None)
     if bias is not None:
         out += np.asarray(bias, np.int64).reshape(-1)
     if a.ndim == 1:
@@ -959,6 +1160,9 @@ class ConvWeights:
         self.wc = w.astype(np.int64) - zw.reshape(m, 1, 1, 1)
         self.wmax = _abs_max(self.wc)
         self.wrmax = _abs_max(w)
+        self.wr_lo = int(w.min()) if w.size else 0
+        self.wr_hi = int(w.max()) if w.size else 0
+        self.simd = False  # set by prepare(): calls take the AVX2 GEMM whenever their operands fit it
         self._cache: dict = {}
 
     def gemm(self, dtype) -> np.ndarray:
@@ -975,12 +1179,41 @@ class ConvWeights:
             self._cache[key] = np.ascontiguousarray(self.wc[:, 0], dtype=dtype)
         return self._cache[key]
 
+    def raw_sums(self) -> np.ndarray:
+        """sum_k w[m, k] of the raw weights, int64 [M]."""
+        if "raw_sums" not in self._cache:
+            self._cache["raw_sums"] = self.w.reshape(self.shape[0], -1).sum(axis=1, dtype=np.int64)
+        return self._cache["raw_sums"]
+
+    def simd_packed(self) -> "simd.PackedB":
+        """The raw weights [M, (kh, kw, c)] (the NHWC im2col's order) as :mod:`runtime.kernels.simd`'s
+        packed right operand, with a row of ones after them when a weight zero point is not 0 (its
+        result row is the im2col's row sums)."""
+        if "simd" not in self._cache:
+            m = self.shape[0]
+            bt = self.w.transpose(0, 2, 3, 1).reshape(m, -1)
+            if self.zw.any():
+                bt = np.concatenate([bt, np.ones((1, bt.shape[1]), bt.dtype)])
+            self._cache["simd"] = simd.pack_b(bt)
+        return self._cache["simd"]
+
     def prepare(self, x_min: int, x_max: int, x_zero_point: int, pair_saturation: bool) -> None:
         """Build now the operands that calls on inputs within [x_min, x_max] will use (the exact-sum
-        type follows from the range's bound, as in :func:`conv_accumulate`)."""
+        type follows from the range's bound, as in :func:`conv_accumulate`; the packed weights of the
+        AVX2 GEMM when it will run them)."""
         m, cg, kh, kw = self.shape
         k = cg * kh * kw
         zx = int(x_zero_point)
+        mode = _conv_simd_mode(int(x_min), int(x_max), zx, self, pair_saturation, plan=True)
+        if mode is not None:
+            self.simd = True
+            packed = self.simd_packed()
+            if mode[0] == "pair":
+                packed.pair()
+            else:
+                packed.exact()
+            self.raw_sums()
+            return
         dtype, chunk = _exact_dtype(k, max(int(x_max) - zx, zx - int(x_min), 0), self.wmax)
         if cg == 1:
             self.depthwise(np.float64 if dtype == np.float32 and chunk < kh * kw else dtype)
@@ -1067,15 +1300,22 @@ def _conv(x, x_zero_point, cw: ConvWeights, bias, strides, pads, dilations, pair
     k = cg * kh * kw
     # every accumulator: |centred sum| + |bias| + |pair corrections| (each pair moves by < its raw product)
     bound = k * amax * wmax + _abs_max(bias64) + (k // 2 + 1) * 2 * xmax * wrmax * bool(pair_saturation)
+    geom = (sh, sw, dh, dw, ph, pw, oh, ow)
+    simd_mode = _conv_simd_mode(x_lo, x_hi, zx, cw, pair_saturation)
     if ep is not None:
         if bound >= 1 << 31 or xmax >= 1 << 31:
             return None
-        return _conv_fused(x, zx, cw, bias64, bound, pair_saturation, (sh, sw, dh, dw, ph, pw, oh, ow), ep,
-                           out_dtype, one_d)
+        if simd_mode is not None:
+            return _conv_fused_simd(x, zx, cw, bias64, geom, simd_mode, ep, out_dtype, one_d)
+        return _conv_fused(x, zx, cw, bias64, bound, pair_saturation, geom, ep, out_dtype, one_d)
     out3 = np.empty((n, m, oh * ow), np.int32 if bound < 1 << 31 else np.int64)
+    if simd_mode is not None:
+        const = _conv_simd_const(cw, zx, bias64)
+        for n0, n1, res in _conv_simd_slices(x, zx, cw, geom, simd_mode):
+            _store_expanded(res, const, zw, out3[n0:n1])
+        return _conv_shape(out3, n, m, oh, ow, one_d)
     xi = np.ascontiguousarray(x, dtype=np.int32 if xmax < 1 << 31 else np.int64)
     dtype, chunk = _exact_dtype(k, amax, wmax)
-    geom = (sh, sw, dh, dw, ph, pw, oh, ow)
     narrow = k * max(1, amax * wmax) < (1 << 31)
     tables = None
     if pair_saturation:
@@ -1098,6 +1338,24 @@ def _conv(x, x_zero_point, cw: ConvWeights, bias, strides, pads, dilations, pair
         if flagged:
             _pair_sparse(tables, a3, flags, out3[n0:n1])
     return _conv_shape(out3, n, m, oh, ow, one_d)
+
+
+def _conv_fused_simd(x, zx, cw: ConvWeights, bias64, geom, mode, ep, out_dtype, one_d):
+    """:func:`conv_requantize` by the AVX2 GEMM (the caller proved |acc| < 2^31): per batch slice the
+    raw sums S [M, n*P] (int32), S - zw*R (R the row sums) in wrapping int32, then the epilogue adds
+    const = bias - zx*sum(w) + K*zx*zw as wrapping int32 (:func:`_conv_simd_const`): every wrap
+    cancels as the final sum lies within int32."""
+    n = x.shape[0]
+    m = cw.shape[0]
+    oh, ow = geom[6], geom[7]
+    const32 = _wrap32(_conv_simd_const(cw, zx, bias64))
+    y = np.empty((n, m, oh * ow), out_dtype)
+    sat = 0
+    for n0, n1, res in _conv_simd_slices(x, zx, cw, geom, mode):
+        if res.shape[0] > m:
+            _sub_row_sums(res, cw.zw)
+        sat += requantize_gemm(res[:m], 0, const32, ep, y[n0:n1])
+    return _conv_shape(y, n, m, oh, ow, one_d), sat
 
 
 def _conv_fused(x, zx, cw: ConvWeights, bias64, bound, pair_saturation, geom, ep, out_dtype, one_d):

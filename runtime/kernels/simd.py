@@ -277,141 +277,105 @@ def _tile_codegen(mode, rows_max, nvec, esize, signed, transposed):
     return codegen
 
 
-def _make_tile(mode, rows_max, nvec, transposed=False):
-    """An intrinsic ``tile(a, a_off, lda, steps, rem, b, b_off, ldb, c, c_off, ldc, rows)``: C rows
-    (byte offsets/strides) = the tile's sums over ``steps`` whole groups of 4 and a partial group of
-    ``rem`` elements; ``rows`` valid rows of A (<= rows_max; the last is repeated). ``transposed``
-    stores C^T instead: column c of the tile as rows_max consecutive int32 at byte c_off + c*ldc (all
-    rows_max of them: the caller gives a scratch tile when fewer rows are valid)."""
+def _make_tile(width, transposed=False):
+    """An intrinsic ``tile(pair, a, a_off, lda, steps, rem, b, b_off, ldb, c, c_off, ldc, rows)`` of
+    ``width`` (16 or 8) columns: C rows (byte offsets/strides) = the tile's sums over ``steps`` whole
+    groups of 4 and a partial group of ``rem`` elements; ``rows`` valid rows of A (<= the family's
+    tile height; the last is repeated). ``pair`` must be a compile-time constant (a literal bool):
+    True is the pair family (PAIR_ROWS rows), False the exact one (EXACT_ROWS rows). ``transposed``
+    stores C^T instead: column c of the tile as the tile height's consecutive int32 at byte
+    c_off + c*ldc (all of them: the caller gives a scratch tile when fewer rows are valid)."""
 
     @intrinsic
-    def tile(typingctx, a, a_off, lda, steps, rem, b, b_off, ldb, c, c_off, ldc, rows):
-        if not isinstance(a, types.Array):
+    def tile(typingctx, pair, a, a_off, lda, steps, rem, b, b_off, ldb, c, c_off, ldc, rows):
+        if not isinstance(a, types.Array) or not isinstance(pair, types.BooleanLiteral):
             return None
-        esize = a.dtype.bitwidth // 8
-        signed = a.dtype.signed
-        sig = types.void(a, types.int64, types.int64, types.int64, types.int64, b, types.int64, types.int64, c,
-                         types.int64, types.int64, types.int64)
-        return sig, _tile_codegen(mode, rows_max, nvec, esize, signed, transposed)
+        mode = "pair" if pair.literal_value else "exact"
+        if mode == "pair" and a.dtype.bitwidth != 8:
+            return None
+        rows_max, nvec = (PAIR_ROWS, width // 8) if mode == "pair" else (EXACT_ROWS, width // 4)
+        sig = types.void(pair, a, types.int64, types.int64, types.int64, types.int64, b, types.int64, types.int64,
+                         c, types.int64, types.int64, types.int64)
+        gen = _tile_codegen(mode, rows_max, nvec, a.dtype.bitwidth // 8, a.dtype.signed, transposed)
+        return sig, lambda context, builder, sig_, args: gen(context, builder, types.void(*sig_.args[1:]), args[1:])
 
     return tile
 
 
-_pair16 = _make_tile("pair", PAIR_ROWS, 2)
-_pair8 = _make_tile("pair", PAIR_ROWS, 1)
-_exact16 = _make_tile("exact", EXACT_ROWS, 4)
-_exact8 = _make_tile("exact", EXACT_ROWS, 2)
-_pair16t = _make_tile("pair", PAIR_ROWS, 2, True)
-_pair8t = _make_tile("pair", PAIR_ROWS, 1, True)
-_exact16t = _make_tile("exact", EXACT_ROWS, 4, True)
-_exact8t = _make_tile("exact", EXACT_ROWS, 2, True)
+_tile16 = _make_tile(16)
+_tile8 = _make_tile(8)
+_tile16t = _make_tile(16, True)
+_tile8t = _make_tile(8, True)
 
 
 # ---------------------------------------------------------------------------------------------
 # drivers
 # ---------------------------------------------------------------------------------------------
-@jit
-def _gemm_pair(a, m, lda, k, bp, n, trans, blk0, blk1, out):
-    """out = pair-saturated u8 x s8 sums (C [M, N], or C^T [N, M] when ``trans``), int32; a: A's uint8 elements from
-    A[0, 0] to A[M-1, K-1] as a flat array (row m at byte m*lda), bp the int8 packed B of :class:`PackedB`.
-    Blocks blk0 <= blk < blk1 of BLOCK_ROWS rows; in each, panel by panel (the panel stays in L1), tiles of
-    PAIR_ROWS rows. Tiles reaching past N (or, transposed, with fewer than PAIR_ROWS rows) go through a
-    scratch tile."""
-    es = a.itemsize
-    end = (m - 1) * lda + k * es  # one past A's last byte
-    groups = (k + 3) // 4
-    n_pad = (n + 7) // 8 * 8
-    n_panels = (n_pad + PANEL - 1) // PANEL
-    for blk in range(blk0, blk1):
-        scratch = np.empty((PANEL, PAIR_ROWS) if trans else (PAIR_ROWS, PANEL), np.int32)
-        m0 = blk * BLOCK_ROWS
-        m1 = min(m, m0 + BLOCK_ROWS)
-        for p in range(n_panels):
-            n0 = p * PANEL
-            width = min(PANEL, n_pad - n0)
-            b_off = n0 * groups * 4
-            ldb = width * 4
-            for r0 in range(m0, m1, PAIR_ROWS):
-                rows = min(PAIR_ROWS, m1 - r0)
-                if (r0 + rows - 1) * lda + groups * 4 * es <= end:  # over-read inside A: no partial group
-                    steps, rem = groups, 0
-                else:
-                    steps, rem = k // 4, k % 4
-                full = n0 + width <= n and (rows == PAIR_ROWS or not trans)
-                dst = out if full else scratch
-                if trans:
-                    c_off = (n0 * m + r0) * 4 if full else 0
-                    c_ld = m * 4 if full else PAIR_ROWS * 4
-                    if width == PANEL:
-                        _pair16t(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
+def _make_driver(pair: bool):
+    """The driver of one kernel family, pair (``pair``) or exact, as a Numba closure over that flag
+    alone: Numba cannot pass an intrinsic as an argument, a closure over the intrinsics themselves
+    misses the cache on every run (its key pickles the closure's cells), and one body typing both
+    families would type the pair tiles on int16 A; the constant flag's other branch is pruned."""
+    rows_max = PAIR_ROWS if pair else EXACT_ROWS
+    b_esize = 1 if pair else 2
+
+    @jit
+    def driver(a, m, lda, k, bp, n, trans, blk0, blk1, out):
+        """out = the family's sums (C [M, N], or C^T [N, M] when ``trans``), int32; a: A's elements
+        from A[0, 0] to A[M-1, K-1] as a flat array (row m at byte m*lda), bp the packed B of
+        :class:`PackedB`. Blocks blk0 <= blk < blk1 of BLOCK_ROWS rows; in each, panel by panel (the
+        panel stays in L1), tiles of rows_max rows. Tiles reaching past N (or, transposed, with fewer
+        than rows_max rows) go through a scratch tile."""
+        es = a.itemsize
+        end = (m - 1) * lda + k * es  # one past A's last byte
+        groups = (k + 3) // 4
+        n_pad = (n + 7) // 8 * 8
+        n_panels = (n_pad + PANEL - 1) // PANEL
+        for blk in range(blk0, blk1):
+            scratch = np.empty((PANEL, rows_max) if trans else (rows_max, PANEL), np.int32)
+            m0 = blk * BLOCK_ROWS
+            m1 = min(m, m0 + BLOCK_ROWS)
+            for p in range(n_panels):
+                n0 = p * PANEL
+                width = min(PANEL, n_pad - n0)
+                b_off = n0 * groups * 4 * b_esize
+                ldb = width * 4 * b_esize
+                for r0 in range(m0, m1, rows_max):
+                    rows = min(rows_max, m1 - r0)
+                    if (r0 + rows - 1) * lda + groups * 4 * es <= end:  # over-read inside A: no partial group
+                        steps, rem = groups, 0
                     else:
-                        _pair8t(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
-                else:
-                    c_off = (r0 * n + n0) * 4 if full else 0
-                    c_ld = n * 4 if full else PANEL * 4
-                    if width == PANEL:
-                        _pair16(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
+                        steps, rem = k // 4, k % 4
+                    full = n0 + width <= n and (rows == rows_max or not trans)
+                    dst = out if full else scratch
+                    if trans:
+                        c_off = (n0 * m + r0) * 4 if full else 0
+                        c_ld = m * 4 if full else rows_max * 4
+                        if width == PANEL:
+                            _tile16t(pair, a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
+                        else:
+                            _tile8t(pair, a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
                     else:
-                        _pair8(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
-                if not full:
-                    for r in range(rows):
-                        for cc in range(min(width, n - n0)):
-                            if trans:
-                                out[n0 + cc, r0 + r] = scratch[cc, r]
-                            else:
-                                out[r0 + r, n0 + cc] = scratch[r, cc]
+                        c_off = (r0 * n + n0) * 4 if full else 0
+                        c_ld = n * 4 if full else PANEL * 4
+                        if width == PANEL:
+                            _tile16(pair, a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
+                        else:
+                            _tile8(pair, a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
+                    if not full:
+                        for r in range(rows):
+                            for cc in range(min(width, n - n0)):
+                                if trans:
+                                    out[n0 + cc, r0 + r] = scratch[cc, r]
+                                else:
+                                    out[r0 + r, n0 + cc] = scratch[r, cc]
+
+    return driver
 
 
-@jit
-def _gemm_exact(a, m, lda, k, bp, n, trans, blk0, blk1, out):
-    """out = exact sums (C [M, N], or C^T [N, M] when ``trans``), int32; a: A's uint8/int8/int16 elements from
-    A[0, 0] to A[M-1, K-1] as a flat array (row m at byte m*lda), bp the int16 packed B of :class:`PackedB`.
-    Blocks blk0 <= blk < blk1 of BLOCK_ROWS rows; in each, panel by panel (the panel stays in L1), tiles of
-    EXACT_ROWS rows. Tiles reaching past N (or, transposed, with fewer than EXACT_ROWS rows) go through a
-    scratch tile."""
-    es = a.itemsize
-    end = (m - 1) * lda + k * es  # one past A's last byte
-    groups = (k + 3) // 4
-    n_pad = (n + 7) // 8 * 8
-    n_panels = (n_pad + PANEL - 1) // PANEL
-    for blk in range(blk0, blk1):
-        scratch = np.empty((PANEL, EXACT_ROWS) if trans else (EXACT_ROWS, PANEL), np.int32)
-        m0 = blk * BLOCK_ROWS
-        m1 = min(m, m0 + BLOCK_ROWS)
-        for p in range(n_panels):
-            n0 = p * PANEL
-            width = min(PANEL, n_pad - n0)
-            b_off = n0 * groups * 8
-            ldb = width * 8
-            for r0 in range(m0, m1, EXACT_ROWS):
-                rows = min(EXACT_ROWS, m1 - r0)
-                if (r0 + rows - 1) * lda + groups * 4 * es <= end:  # over-read inside A: no partial group
-                    steps, rem = groups, 0
-                else:
-                    steps, rem = k // 4, k % 4
-                full = n0 + width <= n and (rows == EXACT_ROWS or not trans)
-                dst = out if full else scratch
-                if trans:
-                    c_off = (n0 * m + r0) * 4 if full else 0
-                    c_ld = m * 4 if full else EXACT_ROWS * 4
-                    if width == PANEL:
-                        _exact16t(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
-                    else:
-                        _exact8t(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
-                else:
-                    c_off = (r0 * n + n0) * 4 if full else 0
-                    c_ld = n * 4 if full else PANEL * 4
-                    if width == PANEL:
-                        _exact16(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
-                    else:
-                        _exact8(a, r0 * lda, lda, steps, rem, bp, b_off, ldb, dst, c_off, c_ld, rows)
-                if not full:
-                    for r in range(rows):
-                        for cc in range(min(width, n - n0)):
-                            if trans:
-                                out[n0 + cc, r0 + r] = scratch[cc, r]
-                            else:
-                                out[r0 + r, n0 + cc] = scratch[r, cc]
+# pair-saturated u8 x s8 (int8 packed B) and exact sums (int16 packed B)
+_gemm_pair = _make_driver(True)
+_gemm_exact = _make_driver(False)
 
 
 # ---------------------------------------------------------------------------------------------

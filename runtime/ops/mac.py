@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..encoding import Encoding
+from ..kernels import simd
 from ..kernels.mac import ConvWeights, apply_accumulator, conv_accumulate, conv_requantize, explicit_pads, matmul_acc
 from ..plan import Planner, Val, planner_op
 from ..program import LayerStats, Step
@@ -88,13 +89,21 @@ class MatMulStep(Step):
     requant: Requant | None = None
     out_dtype: np.dtype = None
 
+    b_packed: object = None  # a constant 2-D B packed for the AVX2 GEMM (runtime/kernels/simd.py), on first use
+
     def compute(self, a, b=None, stats: LayerStats = None):
         b = self.b if self.b is not None else b
         if self.trans_a:
             a = np.swapaxes(a, -1, -2)
         if self.trans_b:
             b = np.swapaxes(b, -1, -2)
-        acc = matmul_acc(a, self.a_zp, b, self.b_zp, self.bias, pair_saturation=self.mac.pair_saturation)
+        packed = None
+        if self.b is not None and b.ndim == 2 and simd.available():
+            if self.b_packed is None:
+                self.b_packed = simd.pack_b(np.ascontiguousarray(b.T))
+            packed = self.b_packed
+        acc = matmul_acc(a, self.a_zp, b, self.b_zp, self.bias, pair_saturation=self.mac.pair_saturation,
+                         b_packed=packed)
         return (_epilogue(acc, acc.ndim - 1, self.mac, self.requant, self.out_dtype, stats),)
 
 
@@ -324,11 +333,13 @@ def plan_conv_integer(p: Planner, node):
         raise p.refuse(node, "x_zero_point must be a scalar")
     x_dtype = np.dtype(p.graph.value_info[x.name].numpy_dtype) if x.name in p.graph.value_info else np.dtype(np.uint8)
     out = node.outputs[0]
-    p.emit(ConvStep(node.name, "ConvInteger", (x.name,), (out,), w=w.const.astype(np.int64), x_zp=int(x_zp[0]),
+    step = ConvStep(node.name, "ConvInteger", (x.name,), (out,), w=w.const.astype(np.int64), x_zp=int(x_zp[0]),
                     w_zp=_zp_vec(p, node, 3, n_out), bias=None,
                     mac=mac_config(p, _qdtype_of(x_dtype), _qdtype_of(w.const.dtype), _depthwise(node, w.const.shape)),
                     requant=None,
-                    out_dtype=np.dtype(np.int32), **_conv_attrs(p, node, w.const.shape)))
+                    out_dtype=np.dtype(np.int32), **_conv_attrs(p, node, w.const.shape))
+    step.prepare(_qdtype_of(x_dtype), int(x_zp[0]))
+    p.emit(step)
     p.set(out, Val("int", out))
 
 

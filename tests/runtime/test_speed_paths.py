@@ -14,6 +14,9 @@ against the slow definitions they replace:
 """
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,17 +25,19 @@ from hypothesis.extra import numpy as hnp
 
 from runtime.encoding import Encoding
 from runtime.errors import HwsimError, OverflowPolicyError
-from runtime.kernels.mac import ConvWeights, conv_accumulate
+from runtime.kernels import mac, simd
+from runtime.kernels.epilogue import make_epilogue
+from runtime.kernels.mac import ConvWeights, conv_accumulate, conv_requantize, matmul_acc
 from runtime.kernels.quantize import quantize_per_tensor, requantize_tensor
 from runtime.kernels.requant import requantize_accumulator
 from runtime.ops.common import NO_COUNT, saturation_bounds
-from tests.reference_kernels import accumulator_ref, conv_ref
+from tests.reference_kernels import accumulator_ref, conv_ref, matmul_ref
 from tests.runtime.test_fixedpoint import mbqm_ref
 from tests.runtime.test_quantize import dequantize_ref, quantize_ref
 from tests.runtime.test_requant import requantize_fixed_point_ref, requantize_float32_ref
 from tests.strategies import (
-    INT32_MAX, INT32_MIN, SHIFTS_BY_ROUNDING, conv_cases, float32_scales, int32s, multipliers, quant_scales,
-    small_ints,
+    INT32_MAX, INT32_MIN, SHIFTS_BY_ROUNDING, _zero_points, conv_cases, float32_scales, int32s, int_tensors,
+    multipliers, quant_scales, small_ints,
 )
 
 OUT_TYPES = {"int8": (np.int8, -128, 127), "uint8": (np.uint8, 0, 255), "int16": (np.int16, -32768, 32767),
@@ -293,3 +298,245 @@ def test_relu_clamped_values_are_not_saturation(target):
         prog = runtime.load(_conv_relu_model(zp, clip), target)
         res = prog.run_with_details({"x": x})
         assert res.stats["conv"].saturation == want, (zp, clip)
+
+
+# ---------------------------------------------------------------------------------------------
+# the AVX2 integer GEMM wired into the MAC paths (runtime/kernels/simd.py via runtime/kernels/mac.py)
+# ---------------------------------------------------------------------------------------------
+needs_avx2 = pytest.mark.skipif(not simd.available(), reason="host without AVX2 (or Numba not compiling for it)")
+
+
+def _no_simd(monkeypatch):
+    """simd.available() False, and its GEMMs raising if called anyway (a CPU without AVX2)."""
+    monkeypatch.setattr(simd, "available", lambda: False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an AVX2 kernel ran although simd.available() is False")
+    monkeypatch.setattr(simd, "gemm_u8s8", refuse)
+    monkeypatch.setattr(simd, "gemm_exact", refuse)
+
+
+class _Count:
+    """Counts the calls of mac._simd_gemm (the AVX2 GEMM actually ran) while wrapped."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        inner = mac._simd_gemm
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return inner(*args, **kwargs)
+        monkeypatch.setattr(mac, "_simd_gemm", counted)
+
+
+@st.composite
+def _group1_convs(draw):
+    """A group-1 conv with several input channels, u8 x s8 full range (or s8 x s8), 1-D or 2-D, pads,
+    strides, dilations, scalar or per-output-channel weight zero points, optional bias."""
+    x_dt = draw(st.sampled_from(["uint8", "uint8", "int8"]))
+    nd = draw(st.sampled_from([1, 2, 2]))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    strides = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(2 * nd))
+    spatial = tuple(draw(st.integers(max(1, (k - 1) * d + 1 - pb - pe), 9))
+                    for k, d, pb, pe in zip(kernel, dil, pads[:nd], pads[nd:]))
+    c, m, n = draw(st.integers(2, 9)), draw(st.integers(1, 20)), draw(st.integers(1, 3))
+    zw = draw(st.one_of(_zero_points("int8"), _zero_points("int8", m)))
+    bias = draw(st.one_of(st.none(), st.lists(st.integers(-(2**24), 2**24), min_size=m, max_size=m)))
+    return dict(x=draw(int_tensors((n, c) + spatial, x_dt)), x_zero_point=draw(_zero_points(x_dt)),
+                w=draw(int_tensors((m, c) + kernel, "int8")), w_zero_point=zw,
+                bias=None if bias is None else np.array(bias, np.int32), strides=strides, pads=pads, dilations=dil)
+
+
+def _conv_both(case, pair, monkeypatch, fused=None):
+    """(simd result, fallback result, AVX2 GEMM calls) of conv_accumulate (or conv_requantize with the
+    epilogue ``fused`` = (ep, out dtype)) on weights prepared at plan time for the input's dtype."""
+    x, zx = case["x"], case["x_zero_point"]
+    args = (case["bias"], case["strides"], case["pads"], case["dilations"], pair)
+
+    def run():
+        cw = ConvWeights(case["w"], case["w_zero_point"], 1, "hwc")
+        info = np.iinfo(x.dtype)
+        cw.prepare(info.min, info.max, zx, pair)
+        if fused is None:
+            return conv_accumulate(x, zx, cw, *args)
+        return conv_requantize(x, zx, cw, *args, *fused)
+    with monkeypatch.context() as mp:
+        count = _Count(mp)
+        fast = run()
+    with monkeypatch.context() as mp:
+        _no_simd(mp)
+        slow = run()
+    return fast, slow, count.calls
+
+
+@needs_avx2
+@settings(max_examples=40, deadline=None)
+@given(_group1_convs(), st.booleans())
+def test_simd_conv_equals_fallback_and_reference(case, pair):
+    """conv_accumulate through the AVX2 GEMM (NHWC im2col, zero-point expansion, int32/int64 stores)
+    == today's BLAS/pair-correction paths (simd unavailable) == conv_ref; pair saturation only for
+    u8 inputs (the kernel's operand types), exact sums for both."""
+    with pytest.MonkeyPatch.context() as mp:
+        fast, slow, calls = _conv_both(case, pair, mp)
+    ref = conv_ref(**case, group=1, pair_saturation=pair, pair_order="hwc")
+    assert calls >= 1 or (pair and case["x"].dtype == np.int8)  # s8 inputs with pair saturation: not the kernel's
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(slow, ref)
+
+
+@needs_avx2
+@settings(max_examples=30, deadline=None)
+@given(_group1_convs(), st.booleans(), st.sampled_from([(np.uint8, 0, 255), (np.int8, -128, 127)]),
+       st.sampled_from([1e-5, 3e-4, 1e-3, 0.01]), st.integers(-20, 20))
+def test_simd_conv_fused_epilogue_equals_fallback(case, pair, out, scale, zp):
+    """conv_requantize through the AVX2 GEMM (wrapping int32 expansion, int32 GEMM result into the
+    float32-lane epilogue) == the fallback's fused path: outputs and saturation counts."""
+    dt, lo, hi = out
+    m = case["w"].shape[0]
+    scales = np.float32(scale) * np.linspace(0.5, 2, m).astype(np.float32)
+    ep = make_epilogue(scales, zp, lo, hi, lo, hi)
+    with pytest.MonkeyPatch.context() as mp:
+        fast, slow, calls = _conv_both(case, pair, mp, (ep, dt))
+    assert calls >= 1 or (pair and case["x"].dtype == np.int8)
+    assert fast[0].dtype == dt and fast[1] == slow[1]
+    np.testing.assert_array_equal(fast[0], slow[0])
+
+
+@needs_avx2
+@pytest.mark.parametrize("pair", [False, True])
+@pytest.mark.parametrize("zw", [0, "per-channel"])
+@pytest.mark.parametrize("bias_edge", ["max", "min", "past"])
+def test_simd_conv_int32_bias_edges(pair, zw, bias_edge, monkeypatch):
+    """Biases at the int32 edges: the constant bias - zx*sum(w) + K*zx*zw and S - zw*R wrap in int32
+    while the accumulator does not (fused path); a bias pushing the bound past 2^31 takes the int64
+    stores (the ShuffleNet layers whose bound exceeds int32 only through their bias)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (2, 5, 6, 6)).astype(np.uint8)
+    x[0, :, 0, :] = 255
+    w = rng.integers(-128, 128, (6, 5, 3, 3)).astype(np.int8)
+    w[0] = -128  # sum(w) very negative: -zx*sum(w) large and positive
+    w[1] = 127
+    zwv = 0 if zw == 0 else np.array([3, -4, 0, 1, 127, -128])
+    zx = 251
+    cw = ConvWeights(w, zwv, 1, "hwc")
+    k = 5 * 9
+    wc = cw.wmax
+    headroom = k * 255 * wc + (k // 2 + 1) * 2 * 255 * 128 * pair
+    edge = (1 << 31) - 1 - headroom - 1
+    bias = np.full(6, edge if bias_edge == "max" else -edge, np.int64)
+    if bias_edge == "past":
+        bias[:] = (1 << 31) - 1
+    ref = conv_ref(x, zx, w, zwv, bias, (1, 1), (1, 1, 1, 1), (1, 1), 1, pair, "hwc")
+    cw.prepare(0, 255, zx, pair)
+    count = _Count(monkeypatch)
+    acc = conv_accumulate(x, zx, cw, bias, (1, 1), (1, 1, 1, 1), (1, 1), pair)
+    assert acc.dtype == (np.int64 if bias_edge == "past" else np.int32)
+    np.testing.assert_array_equal(acc, ref)
+    ep = make_epilogue(np.full(6, 1e-7, np.float32), 3, -128, 127, -128, 127)
+    fused = conv_requantize(x, zx, cw, bias, (1, 1), (1, 1, 1, 1), (1, 1), pair, ep, np.int8)
+    if bias_edge == "past":
+        assert fused is None  # the bound does not prove int32: the caller runs the general path
+    else:
+        want = np.clip(np.rint(ref.astype(np.float32) * np.float32(1e-7)) + 3, -128, 127)
+        np.testing.assert_array_equal(fused[0], want)
+    assert count.calls >= 1
+
+
+@needs_avx2
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 70), st.integers(1, 40), st.sampled_from(["uint8", "int8"]),
+       st.booleans(), st.integers(1, 3), st.data())
+def test_simd_matmul_equals_fallback_and_reference(m, k, n, a_dt, pair, batch, data):
+    """matmul_acc with a prepared B (simd.pack_b of B^T, as MatMulStep holds it): per-column B zero
+    points, an A zero point, batched A, bias == today's paths == matmul_ref."""
+    a = data.draw(int_tensors((batch, m, k), a_dt))
+    b = data.draw(int_tensors((k, n), "int8"))
+    za = data.draw(_zero_points(a_dt))
+    zb = data.draw(st.one_of(_zero_points("int8"), _zero_points("int8", n)))
+    bias = data.draw(st.one_of(st.none(), st.just(np.arange(n, dtype=np.int32) * 1000 - 7)))
+    packed = simd.pack_b(np.ascontiguousarray(b.T))
+    with pytest.MonkeyPatch.context() as mp:
+        count = _Count(mp)
+        fast = matmul_acc(a, za, b, zb, bias, pair, b_packed=packed)
+    with pytest.MonkeyPatch.context() as mp:
+        _no_simd(mp)
+        slow = matmul_acc(a, za, b, zb, bias, pair, b_packed=packed)
+    ref = matmul_ref(a, za, b, zb, bias, pair)
+    bmax = max(-int(b.min()), int(b.max()))
+    refused = [pair and int(ai.min()) < 0 and 2 * max(-int(ai.min()), int(ai.max())) * bmax > 32767 for ai in a]
+    assert count.calls == batch - sum(refused)  # per 2-D product: s8 A with saturating pairs is not the kernel's
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(slow, ref)
+
+
+def test_simd_mode_selection(monkeypatch):
+    """Which kernel runs: pair for u8 x s8 (pair saturation, or no pair able to saturate), exact
+    otherwise; none for operands beyond 8-bit A / int16 B, past the int32 bound, for s8 A with
+    saturating pairs, for depthwise/grouped convs, unprepared weights, pair saturation in ``chw``
+    order; and none at all without AVX2."""
+    if simd.available():
+        assert mac._simd_mode(0, 255, -128, 127, 100, True) == ("pair", np.uint8)
+        assert mac._simd_mode(0, 255, -64, 64, 100, False) == ("pair", np.uint8)  # 2*255*64 < 32767
+        assert mac._simd_mode(0, 255, -128, 127, 100, False) == ("exact", np.uint8)
+        assert mac._simd_mode(-128, 127, -128, 127, 100, False) == ("exact", np.int8)
+        assert mac._simd_mode(-128, 127, -128, 127, 100, True) is None
+        assert mac._simd_mode(0, 300, -1, 1, 10, False) is None
+        assert mac._simd_mode(0, 255, -200, 200, 10, False) == ("exact", np.uint8)
+        assert mac._simd_mode(0, 255, -128, 127, 70000, True) is None  # K*255*128 >= 2^31
+        w = np.ones((4, 3, 3, 3), np.int8) * 100
+        cw = ConvWeights(w, 0, 1, "hwc")
+        assert mac._conv_simd_mode(0, 255, 0, cw, True) is None  # not prepared
+        cw.prepare(0, 255, 0, True)
+        assert cw.simd and mac._conv_simd_mode(0, 255, 0, cw, True) == ("pair", np.uint8)
+        chw = ConvWeights(w, 0, 1, "chw")
+        chw.prepare(0, 255, 0, True)
+        assert not chw.simd and mac._conv_simd_mode(0, 255, 0, chw, True, plan=True) is None
+        assert mac._conv_simd_mode(0, 255, 0, chw, False, plan=True) == ("exact", np.uint8)
+        for grouped in (ConvWeights(np.ones((4, 1, 3, 3), np.int8), 0, 4), ConvWeights(w[:, :1].repeat(2, 0), 0, 2)):
+            assert mac._conv_simd_mode(0, 255, 0, grouped, True, plan=True) is None
+    _no_simd(monkeypatch)
+    assert mac._simd_mode(0, 255, -128, 127, 100, True) is None
+    cw = ConvWeights(np.ones((4, 3, 3, 3), np.int8), 0, 1)
+    cw.prepare(0, 255, 0, True)
+    assert not cw.simd
+
+
+def test_rows_nhwc_is_the_hwc_im2col():
+    """The raw NHWC im2col (pixels x (kh, kw, c)), read from NCHW, against a numpy construction."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (2, 3, 5, 7)).astype(np.uint8)
+    kh, kw, sh, sw, dh, dw, ph, pw, peh, pew = 3, 2, 2, 1, 1, 2, 1, 2, 0, 1
+    oh = (5 + ph + peh - ((kh - 1) * dh + 1)) // sh + 1
+    ow = (7 + pw + pew - ((kw - 1) * dw + 1)) // sw + 1
+    rows = np.empty(2 * oh * ow * kh * kw * 3, np.uint8)
+    mac._rows_nhwc(x, np.uint8(9), kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, kh * kw * 3, rows)
+    padded = np.full((2, 3, 5 + ph + peh + 4, 7 + pw + pew + 4), 9, np.uint8)
+    padded[:, :, ph:ph + 5, pw:pw + 7] = x
+    want = np.empty((2, oh, ow, kh, kw, 3), np.uint8)
+    for i in range(kh):
+        for j in range(kw):
+            taps = padded[:, :, i * dh:i * dh + sh * oh:sh, j * dw:j * dw + sw * ow:sw]
+            want[:, :, :, i, j, :] = taps.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(rows.reshape(want.shape), want)
+
+
+def test_without_avx2_the_runtime_takes_todays_paths(monkeypatch):
+    """simd unavailable (a CPU without AVX2): plan, run and every MAC step never call the AVX2 GEMM
+    and give the same integers as with it."""
+    import runtime
+    from tests.onnx_models import quantize_with_ort, tiny_cnn
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (3, 1, 16, 16)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        path = quantize_with_ort(tiny_cnn(channels=8, size=16), x, Path(d) / "tiny.onnx", "qdq", True)
+        with monkeypatch.context() as mp:
+            count = _Count(mp)
+            with_simd = runtime.load(path, "ort-cpu-avx2").run({"x": x})
+        assert count.calls > 0 or not simd.available()
+        _no_simd(monkeypatch)
+        without = runtime.load(path, "ort-cpu-avx2").run({"x": x})
+    for name in with_simd:
+        np.testing.assert_array_equal(with_simd[name], without[name])
