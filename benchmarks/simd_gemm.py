@@ -33,10 +33,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numba  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from benchmarks.runtime_vs_ort import best_of  # noqa: E402
+from benchmarks.runtime_vs_ort import best_of, matmul_integer_model  # noqa: E402
 from runtime.kernels import simd  # noqa: E402
 from runtime.kernels.mac import gemm_raw  # noqa: E402
 from runtime.target import cpu_flags, load_target  # noqa: E402
@@ -50,13 +49,7 @@ SHAPES = (
 
 def ort_matmul_integer(b: np.ndarray, m: int):
     """A one-thread ONNX Runtime session of MatMulInteger(a [m, K] u8, b initializer)."""
-    k, n = b.shape
-    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "g",
-                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
-                          [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
-                          [numpy_helper.from_array(b, "b")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
+    model = matmul_integer_model(b, m)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
