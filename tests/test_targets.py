@@ -74,6 +74,12 @@ BAD = [
     ("placement.supergroups", [{"op_list": ["Conv"]}], ["placement.supergroups[0].op_list", "at least two"]),
     ("placement.supergroups", [{"op_list": ["Conv", "ReLU"]}], ["placement.supergroups[0].op_list[1]", "ReLU"]),
     ("placement.op_type.Conv.params.kernel", {"is_quantized": True}, ["placement.op_type.Conv.params.kernel", "'weight' or 'bias'"]),
+    ("arithmetic.recurrent.ops", ["LSTM", "RNN"], ["arithmetic.recurrent.ops[1]", "LSTM", "RNN"]),
+    ("arithmetic.recurrent.cell_scale_log2_max", -5, ["arithmetic.recurrent.cell_scale_log2_min", "-9", "-5"]),
+    ("arithmetic.recurrent.gate_integer_bits", 4, ["arithmetic.recurrent.gate_integer_bits", "Q3.12"]),
+    ("arithmetic.recurrent.weights", {"dtype": "uint8", "scheme": "asymmetric"}, ["arithmetic.recurrent.weights",
+                                                                               "signed symmetric"]),
+    ("arithmetic.recurrent.rounding", "int64", ["arithmetic.recurrent.rounding", "8x8_16"]),
     ("schema_version", 2, ["schema_version", "expected 1", "found 2"]),
     ("name", 5, ["name", "expected a string", "5 (int)"]),
 ]
@@ -181,3 +187,14 @@ def test_wheel_ships_targets(tmp_path):
     assert "runtime/target.py" in names and "hwsim/cli.py" in names
     assert "runtime/ops/mac.py" in names and "runtime/kernels/mac.py" in names
     assert "hwsim/checkpoints/digits-separable.pt" in names and "hwsim/checkpoints/digits-residual.pt" in names
+
+
+def test_recurrent_support_is_described_per_target():
+    """Each built-in target says whether (and how) it runs LSTM/GRU in integers; ort-cpu says why not."""
+    for name in ("dsp-int8", "npu-int8-pc", "npu-w4a8", "htp-a16w8"):
+        a = load_target(name).arithmetic
+        assert a.recurrent_problem("LSTM") is None and a.recurrent_problem("GRU") is None, name
+    assert load_target("htp-a16w8").arithmetic.recurrent.variant == "16x8_16"
+    assert load_target("npu-w4a8").arithmetic.recurrent_weights().dtype == "int4"
+    for name in ("ort-cpu-avx2", "ort-cpu-vnni"):
+        assert "float" in load_target(name).arithmetic.recurrent_problem("LSTM")
