@@ -135,7 +135,7 @@ def validate_encodings(model, encodings, target) -> list[Finding]:
     from runtime.encoding import Encoding, PerBlock
     from runtime.graph import load_model_proto, parse_graph
     from runtime.placement import expected_encodings, match_supergroups, param_role
-    from runtime.target import load_target
+    from runtime.target import RECURRENT_OPS, load_target
 
     target = load_target(target)
     proto, source = load_model_proto(model)
@@ -155,7 +155,7 @@ def validate_encodings(model, encodings, target) -> list[Finding]:
     for name, kind in expected.items():
         if kind == "float":
             p = producers.get(name)
-            if p is not None and p.op_type in ("LSTM", "GRU") and target.arithmetic.recurrent_problem(p.op_type) is None:
+            if p is not None and p.op_type in RECURRENT_OPS and target.arithmetic.recurrent_problem(p.op_type) is None:
                 out.append(Finding("warning", "recurrent-internal", name, f"output of {p.op_type} node {p.name!r}: the "
                                    "target runs it in integers from the QDQ model hwsim exports, not from float + "
                                    "encodings"))
@@ -163,7 +163,7 @@ def validate_encodings(model, encodings, target) -> list[Finding]:
             what = f"{p.op_type} node {p.name!r}" if p is not None else "its producer"
             out.append(Finding("error", "float-op", name, f"produced by {what}, which target {target.name!r} does not "
                                "run in integers (not in arithmetic.integer_ops)"))
-    recurrent = [n for n in graph.nodes if n.op_type in ("LSTM", "GRU")]
+    recurrent = [n for n in graph.nodes if n.op_type in RECURRENT_OPS]
     for name in list(every) + list(enc.floats):
         if name not in known:
             if recurrent and _RECURRENT_NAME.search(name):

@@ -16,6 +16,7 @@ into the end bins). :func:`plot` draws the per-layer SQNR and the LSB histograms
 from __future__ import annotations
 
 import numpy as np
+from .graph import RECURRENT
 
 LSB_RANGE = 3
 
@@ -52,7 +53,7 @@ def compare(sim, x: np.ndarray, labels: np.ndarray | None = None, batch_size: in
             res = prog.run_with_details({sim.input_names[0]: xb}, keep_tensors=True)
             for g in layers:
                 q = sim.quantizer_of(g.output)
-                if g.op_type in ("LSTM", "GRU"):
+                if g.op_type in RECURRENT:
                     from .recurrent import runtime_tensor
 
                     integer = torch.from_numpy(runtime_tensor(g, res.tensors).astype(np.int64))

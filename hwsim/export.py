@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.atomic import atomic_write_bytes
 from runtime.encoding import Encoding, PerAxis, PerBlock
+from .graph import RECURRENT
 
 _ONNX_TYPE = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "uint16": TensorProto.UINT16,
               "int16": TensorProto.INT16, "int32": TensorProto.INT32, "int4": TensorProto.INT4,
@@ -98,7 +99,7 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
     b = _Builder(sim, qdq)
     outs = sim.output_names
     graph_inputs = []
-    states = {i for g in sim.groups if g.op_type in ("LSTM", "GRU") for i in g.head.inputs[1:]}
+    states = {i for g in sim.groups if g.op_type in RECURRENT for i in g.head.inputs[1:]}
     for name, shape in zip(sim.input_names, (sim.cap.shapes.get(n, ()) for n in sim.input_names)):
         dims = ["N"] + list(shape[1:])
         if name in states:  # initial states [D, N, H]: the batch is axis 1
@@ -111,7 +112,7 @@ def build(sim, qdq: bool = True) -> onnx.ModelProto:
         key = g.name.replace(".", "_")
         head_out = op.output if g.acts else _float_name(g.output, outs, qdq)
         a = op.attrs
-        if op.op_type in ("LSTM", "GRU"):
+        if op.op_type in RECURRENT:
             from .recurrent import export_node
 
             export_node(b, sim, g, ins[0], ins[1:], head_out, qdq)
@@ -245,7 +246,7 @@ def export(sim, out_dir: Path, name: str, encodings_version: str = "1.0.0") -> d
         acts[v] = sim.quantizer_of(v).encoding
     recurrent_keys = set()
     for g in sim.groups:
-        if g.op_type in ("LSTM", "GRU"):
+        if g.op_type in RECURRENT:
             from .recurrent import encodings as rnn_encodings
 
             ra, rp = rnn_encodings(sim, g)

@@ -52,10 +52,6 @@ def _key(name: str) -> str:
     return name.replace(".", "_")
 
 
-def is_recurrent(op) -> bool:
-    return op.op_type in GATES
-
-
 def _sfx(d: int) -> str:
     return "_reverse" if d else ""
 
@@ -517,4 +513,4 @@ def encodings(sim, g) -> tuple[dict, dict]:
 
 
 __all__ = ["runtime_tensor", "place", "set_weight_encodings", "set_bias_encodings", "cell_encoding", "forward", "exact",
-           "integer_params", "export_node", "encodings", "is_recurrent", "AbsMax"]
+           "integer_params", "export_node", "encodings", "AbsMax"]

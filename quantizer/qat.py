@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.errors import DataError, HwsimError
+from hwsim.graph import RECURRENT
 
 __all__ = ["enable_range_learning", "sync_ranges", "freeze_ranges", "range_parameters", "weight_parameters",
            "qat"]
@@ -96,7 +97,7 @@ def freeze_ranges(sim) -> None:
 def _refresh_biases(sim) -> None:
     for g in sim.groups:
         k = g.name.replace(".", "_")
-        if g.op_type in ("LSTM", "GRU") or (k in sim.weight_q and sim.weight_q[k].encoding is not None
+        if g.op_type in RECURRENT or (k in sim.weight_q and sim.weight_q[k].encoding is not None
                                             and k in sim.bias_q):
             sim._set_bias_encoding(g)
 

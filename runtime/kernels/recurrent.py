@@ -38,6 +38,8 @@ are the int32 constants rounded by ``RDBPOT(c, 16)``, the last add of the exp po
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from numba import prange
 
@@ -417,26 +419,36 @@ def _gru_state_in(h0, m_in, e_in, zp_h, mode, s):
 _SEQ_MAX_BATCH = 2  # up to this many rows: the sequence kernel (recurrent FC in integer loops)
 
 
-def _int32_recurrent(params, h_dtype):
-    """The recurrent weights as int32 [G*H, H] when every recurrent sum fits int32, else None."""
-    wh = params.recurrent_weights
-    g, hid, k = wh.shape
-    wmax = int(np.abs(wh.astype(np.int64)).max()) if wh.size else 0
-    if k * _vmax(h_dtype) * wmax >= (1 << 31):
-        return None
-    return np.ascontiguousarray(wh.reshape(g * hid, k).astype(np.int32))
+_PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _fc_operands(x, h_dtype, params):
-    """(raw input FC sums for every step [T, N, G*H], recurrent weights [H, G*H], dtype of the recurrent FC)."""
-    wx, wh = params.input_weights, params.recurrent_weights
-    wmax_x = int(np.abs(wx.astype(np.int64)).max()) if wx.size else 0
-    wmax_h = int(np.abs(wh.astype(np.int64)).max()) if wh.size else 0
-    dx = _fc_dtype(wx.shape[2], _vmax(x.dtype), wmax_x)
-    dh = _fc_dtype(wh.shape[2], _vmax(h_dtype), wmax_h)
+def _prepared(params):
+    """The weight operands of one parameter set, formed once (params are immutable) and kept while it
+    lives: (input FC right operand [I, G*H] and its dtype, recurrent [H, G*H] and its dtype, int32
+    recurrent weights [G*H, H] for the sequence kernel, or None when a recurrent sum may leave int32)."""
+    got = _PREPARED.get(params)
+    if got is None:
+        wx, wh = params.input_weights, params.recurrent_weights
+        wmax_x = int(np.abs(wx.astype(np.int64)).max()) if wx.size else 0
+        wmax_h = int(np.abs(wh.astype(np.int64)).max()) if wh.size else 0
+        vmax_h = _vmax(params.hidden_dtype)
+        dx = _fc_dtype(wx.shape[2], _vmax(params.input_dtype), wmax_x)
+        dh = _fc_dtype(wh.shape[2], vmax_h, wmax_h)
+        g, hid, k = wh.shape
+        whi = None if k * vmax_h * wmax_h >= (1 << 31) else \
+            np.ascontiguousarray(wh.reshape(g * hid, k).astype(np.int32))
+        got = (_transposed(wx, dx), dx, _transposed(wh, dh), dh, whi)
+        _PREPARED[params] = got
+    return got
+
+
+def _fc_operands(x, params):
+    """(raw input FC sums for every step [T, N, G*H], recurrent right operand [H, G*H], its dtype, int32
+    recurrent weights or None)."""
+    wxt, dx, wht, dh, whi = _prepared(params)
     steps, batch, n_in = x.shape
-    ax = (x.reshape(steps * batch, n_in).astype(dx) @ _transposed(wx, dx)).reshape(steps, batch, -1)
-    return ax, _transposed(wh, dh), dh
+    ax = (x.reshape(steps * batch, n_in).astype(dx) @ wxt).reshape(steps, batch, -1)
+    return ax, wht, dh, whi
 
 
 def _check_state(fn: str, name: str, arr, shape: tuple, dtype) -> np.ndarray:
@@ -488,11 +500,10 @@ def lstm_int(x_q, h0, c0, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y = np.empty((x.shape[0], batch, hid), h_dtype)
     p = params.cell_scale_log2
     mode = np.int64(_MODES[params.rounding])
-    ax, wht, dh = _fc_operands(x, h_dtype, params)
+    ax, wht, dh, whi = _fc_operands(x, params)
     sig, tnh3, tnhc = _table(0, 3), _table(1, 3), _table(1, 15 + p)
     h = np.array(h0, h_dtype)
     c = c0.astype(np.int64)
-    whi = _int32_recurrent(params, h_dtype)
     if batch <= _SEQ_MAX_BATCH and whi is not None:  # the whole sequence in one call: no per-step overheads
         with threads_for(0):
             _lstm_seq(ax, whi, params.input_bias_folded, params.recurrent_bias_folded, params.input_multipliers,
@@ -533,13 +544,12 @@ def gru_int(x_q, h0, params) -> tuple[np.ndarray, np.ndarray]:
     h_dtype = np.dtype(params.hidden_dtype)
     y = np.empty((x.shape[0], batch, hid), h_dtype)
     mode = np.int64(_MODES[params.rounding])
-    ax, wht, dh = _fc_operands(x, h_dtype, params)
+    ax, wht, dh, whi = _fc_operands(x, params)
     sig, tnh3 = _table(0, 3), _table(1, 3)
     h = np.array(h0, h_dtype)
     s = np.empty((batch, hid), np.int64)
     _gru_state_in(h, np.int64(params.state_in_multiplier), np.int64(params.state_in_shift),
                   np.int64(params.hidden_zero_point), mode, s)
-    whi = _int32_recurrent(params, h_dtype)
     if batch <= _SEQ_MAX_BATCH and whi is not None:
         with threads_for(0):
             _gru_seq(ax, whi, params.input_bias_folded, params.recurrent_bias_folded, params.input_multipliers,
